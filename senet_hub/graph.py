@@ -125,7 +125,10 @@ class Model:
 
     def copy(self) -> Model:
         g = Graph(
-            [dataclasses.replace(n, inputs=list(n.inputs), attrs=dict(n.attrs), source=list(n.source)) for n in self.graph.nodes],
+            [
+                dataclasses.replace(n, inputs=list(n.inputs), attrs=dict(n.attrs), source=list(n.source))
+                for n in self.graph.nodes
+            ],
             self.graph.input_name,
             tuple(self.graph.input_shape),
             self.graph.output,
@@ -174,7 +177,7 @@ def expected_params(node: Node, in_shapes: list[tuple[int, ...]]) -> dict[str, t
     return {k: v for k, v in shapes.items() if k in node.param_names()}
 
 
-def _out_shape(node: Node, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
+def output_shape(node: Node, ins: list[tuple[int, ...]]) -> tuple[int, ...]:
     a, op = node.attrs, node.op
     x = ins[0]
     if op == "conv":
@@ -252,7 +255,7 @@ def infer_shapes(model: Model, input_shape: tuple[int, ...] | None = None) -> di
             if got != shp:
                 raise ModelError(f"node '{n.name}' ({n.op}): parameter '{p}' has shape {got}, expected {shp}")
         try:
-            shapes[n.name] = _out_shape(n, ins)
+            shapes[n.name] = output_shape(n, ins)
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise ModelError(f"node '{n.name}' ({n.op}): {e}") from None
         if any(d <= 0 for d in shapes[n.name]):

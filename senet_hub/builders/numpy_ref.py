@@ -27,7 +27,9 @@ def build(model: Model, dtype: Any = np.float64) -> tuple[Model, Any]:
     return (model, np.dtype(dtype))
 
 
-def _windows(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, ho: int, wo: int) -> Iterator[np.ndarray]:
+def _windows(
+    xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, ho: int, wo: int
+) -> Iterator[np.ndarray]:
     for i in range(kh):
         for j in range(kw):
             yield xp[:, :, i * dh : i * dh + sh * (ho - 1) + 1 : sh, j * dw : j * dw + sw * (wo - 1) + 1 : sw]

@@ -1,0 +1,277 @@
+"""Caffe's two file formats, read without Caffe or generated protobuf code.
+
+* prototxt: protobuf text format, parsed into nested dicts ``{field: [values]}``.
+* caffemodel: protobuf wire format (NetParameter), read into ``{layer name: [ndarray, ...]}``
+  with ``np.frombuffer`` views on the packed blob data, so a 461 MB file costs one read.
+
+Field numbers are from BVLC caffe.proto: NetParameter.layer = 100 (V2) and .layers = 2 (V1);
+LayerParameter name=1 type=2 blobs=7; V1LayerParameter name=4 type=5 (enum) blobs=6;
+BlobProto num/channels/height/width = 1..4, data=5, shape=7 (BlobShape.dim=1), double_data=8.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from senet_hub.errors import FormatError, InputFileError
+
+# V1LayerParameter.LayerType enum (caffe.proto) -> V2 type string
+V1_TYPES = {
+    0: "None", 1: "Accuracy", 2: "BNLL", 3: "Concat", 4: "Convolution", 5: "Data", 6: "Dropout",
+    7: "EuclideanLoss", 8: "Flatten", 9: "HDF5Data", 10: "HDF5Output", 11: "Im2col", 12: "ImageData",
+    13: "InfogainLoss", 14: "InnerProduct", 15: "LRN", 16: "MultinomialLogisticLoss", 17: "Pooling",
+    18: "ReLU", 19: "Sigmoid", 20: "Softmax", 21: "SoftmaxWithLoss", 22: "Split", 23: "TanH",
+    24: "WindowData", 25: "Eltwise", 26: "Power", 27: "SigmoidCrossEntropyLoss", 28: "HingeLoss",
+    29: "MemoryData", 30: "ArgMax", 31: "Threshold", 32: "DummyData", 33: "Slice", 34: "MVN",
+    35: "AbsVal", 36: "Silence", 37: "ContrastiveLoss", 38: "Exp", 39: "Deconvolution",
+}  # fmt: skip
+# V1 prototxt enum names (INNER_PRODUCT) -> V2 type strings, matched without underscores
+V1_TYPE_NAMES = {v.upper(): v for v in V1_TYPES.values()} | {"SOFTMAXLOSS": "SoftmaxWithLoss"}
+
+MAX_DEPTH = 64  # nesting limit for text messages: deploy files need 4
+
+
+def read_bytes(path: str | os.PathLike, what: str) -> bytearray:
+    """Read a whole file into a writable buffer (frombuffer views on it are then writable)."""
+    try:
+        size = os.path.getsize(path)
+        buf = bytearray(size)
+        with open(path, "rb") as f:
+            got = f.readinto(buf)
+    except FileNotFoundError:
+        raise InputFileError(f"{path}: {what} not found; check the path") from None
+    except IsADirectoryError:
+        raise InputFileError(f"{path}: is a directory, expected a {what} file") from None
+    except OSError as e:
+        raise InputFileError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    if got != size:
+        raise FormatError(f"{path}: file changed while reading ({got} of {size} bytes); try again")
+    return buf
+
+
+# ------------------------------------------------------------------------------ text format
+_TOKEN = re.compile(
+    r"""\s+|\#[^\n]*|("(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')|([{}:\[\],;<>])|([^\s{}:\[\],;<>#"']+)"""
+)
+
+
+def parse_prototxt(text: str, path: str = "<prototxt>") -> dict[str, list[Any]]:
+    """Protobuf text format -> nested dicts {field: [value, ...]}; scalars stay strings."""
+    toks: list[tuple[str, str, int]] = []
+    pos, line = 0, 1
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m:
+            raise FormatError(f"{path}:{line}: cannot parse prototxt near {text[pos : pos + 20]!r}")
+        if m.group(1):
+            toks.append(("str", m.group(1)[1:-1], line))
+        elif m.group(2):
+            toks.append(("sym", m.group(2), line))
+        elif m.group(3):
+            toks.append(("word", m.group(3), line))
+        line += text.count("\n", pos, m.end())
+        pos = m.end()
+
+    i = 0
+
+    def fail(msg: str) -> FormatError:
+        ln = toks[min(i, len(toks) - 1)][2] if toks else 1
+        return FormatError(f"{path}:{ln}: {msg}")
+
+    def message(close: str | None, depth: int) -> dict[str, list[Any]]:
+        nonlocal i
+        if depth > MAX_DEPTH:
+            raise fail(f"messages nested deeper than {MAX_DEPTH}")
+        out: dict[str, list[Any]] = {}
+        while True:
+            if i >= len(toks):
+                if close is None:
+                    return out
+                raise fail(f"unexpected end of file: missing '{close}'")
+            kind, val, _ = toks[i]
+            if kind == "sym" and val == close:
+                return out
+            if kind != "word":
+                raise fail(f"expected a field name, got {val!r}")
+            i += 1
+            if i < len(toks) and toks[i][:2] == ("sym", ":"):
+                i += 1
+            if i >= len(toks):
+                raise fail(f"field '{val}' has no value")
+            k2, v2, _ = toks[i]
+            if k2 == "sym" and v2 in "{<":
+                i += 1
+                out.setdefault(val, []).append(message("}" if v2 == "{" else ">", depth + 1))
+                i += 1
+            elif k2 == "sym" and v2 == "[":
+                i += 1
+                while i < len(toks) and toks[i][:2] != ("sym", "]"):
+                    if toks[i][:2] != ("sym", ","):
+                        out.setdefault(val, []).append(toks[i][1])
+                    i += 1
+                if i >= len(toks):
+                    raise fail(f"unclosed '[' in field '{val}'")
+                i += 1
+            elif k2 == "sym":
+                raise fail(f"field '{val}': unexpected {v2!r}")
+            else:
+                out.setdefault(val, []).append(v2)
+                i += 1
+            if i < len(toks) and toks[i][:2] in (("sym", ","), ("sym", ";")):
+                i += 1
+
+    result = message(None, 0)
+    if i < len(toks):
+        raise fail(f"unexpected {toks[i][1]!r}")
+    return result
+
+
+def read_prototxt(path: str | os.PathLike) -> tuple[dict[str, list[Any]], str]:
+    raw = read_bytes(path, "prototxt")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError(f"{path}: not a text prototxt (binary data?); pass the deploy .prototxt") from None
+    return parse_prototxt(text, str(path)), text
+
+
+# ------------------------------------------------------------------------------ wire format
+class _Wire:
+    """Minimal protobuf wire-format cursor over a buffer; every length is checked before use."""
+
+    __slots__ = ("buf", "path", "what")
+
+    def __init__(self, buf: memoryview, path: str, what: str):
+        self.buf, self.path, self.what = buf, path, what
+
+    def error(self, msg: str) -> FormatError:
+        return FormatError(f"{self.path}: {msg} in {self.what} (truncated or not a caffemodel?); re-download the file")
+
+    def varint(self, pos: int, end: int) -> tuple[int, int]:
+        result = shift = 0
+        buf = self.buf
+        while True:
+            if pos >= end:
+                raise self.error("varint runs past the end")
+            b = buf[pos]
+            pos += 1
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return result, pos
+            shift += 7
+            if shift > 63:
+                raise self.error("varint longer than 10 bytes")
+
+    def fields(self, pos: int, end: int):
+        """Yield (field number, wire type, value or (start, stop) for length-delimited)."""
+        while pos < end:
+            key, pos = self.varint(pos, end)
+            field, wt = key >> 3, key & 7
+            if field == 0:
+                raise self.error("field number 0")
+            if wt == 0:
+                val, pos = self.varint(pos, end)
+                yield field, wt, val
+            elif wt == 2:
+                n, pos = self.varint(pos, end)
+                if n > end - pos:
+                    raise self.error(f"field {field} declares {n} bytes but only {end - pos} remain")
+                yield field, wt, (pos, pos + n)
+                pos += n
+            elif wt == 5:
+                if pos + 4 > end:
+                    raise self.error("fixed32 runs past the end")
+                yield field, wt, (pos, pos + 4)
+                pos += 4
+            elif wt == 1:
+                if pos + 8 > end:
+                    raise self.error("fixed64 runs past the end")
+                yield field, wt, (pos, pos + 8)
+                pos += 8
+            else:
+                raise self.error(f"unsupported wire type {wt} for field {field}")
+
+    def string(self, span: tuple[int, int]) -> str:
+        try:
+            return bytes(self.buf[span[0] : span[1]]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.error("invalid UTF-8 in a name") from None
+
+    def packed_ints(self, span: tuple[int, int]) -> list[int]:
+        out, pos = [], span[0]
+        while pos < span[1]:
+            v, pos = self.varint(pos, span[1])
+            out.append(v - (1 << 64) if v >= 1 << 63 else v)
+        return out
+
+
+def _blob(w: _Wire, start: int, end: int) -> np.ndarray:
+    legacy = {}
+    shape: list[int] | None = None
+    chunks: list[np.ndarray] = []
+    dchunks: list[np.ndarray] = []
+    for field, wt, val in w.fields(start, end):
+        if field in (1, 2, 3, 4) and wt == 0:
+            legacy[field] = val
+        elif field == 7 and wt == 2:
+            shape = []
+            for f2, wt2, v2 in w.fields(*val):
+                if f2 == 1:
+                    shape.extend(w.packed_ints(v2) if wt2 == 2 else [v2])
+        elif field == 5:  # float data: packed (wt 2) or one fixed32 per value (wt 5)
+            a, b = val
+            if wt == 2 and (b - a) % 4:
+                raise w.error("packed float data is not a multiple of 4 bytes")
+            chunks.append(np.frombuffer(w.buf[a:b], dtype="<f4"))
+        elif field == 8:
+            a, b = val
+            if wt == 2 and (b - a) % 8:
+                raise w.error("packed double data is not a multiple of 8 bytes")
+            dchunks.append(np.frombuffer(w.buf[a:b], dtype="<f8"))
+    if dchunks and not chunks:
+        data = np.concatenate(dchunks).astype(np.float32) if len(dchunks) > 1 else dchunks[0].astype(np.float32)
+    else:
+        data = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    if shape is None:
+        shape = [legacy.get(k, 1) for k in (1, 2, 3, 4)] if legacy else [data.size]
+    if any(d < 0 for d in shape) or int(np.prod(shape, dtype=object)) != data.size:
+        raise w.error(f"blob shape {shape} does not match its {data.size} values")
+    return data.reshape(shape)
+
+
+def read_caffemodel(path: str | os.PathLike) -> dict[str, tuple[str, list[np.ndarray]]]:
+    """{layer name: (layer type, [blobs])} for every layer that carries blobs."""
+    buf = read_bytes(path, "caffemodel")
+    if not buf:
+        raise FormatError(f"{path}: empty file; re-download the caffemodel")
+    mv = memoryview(buf)
+    w = _Wire(mv, str(path), "NetParameter")
+    layers: dict[str, tuple[str, list[np.ndarray]]] = {}
+    seen_layer = False
+    for field, wt, val in w.fields(0, len(mv)):
+        if wt != 2 or field not in (2, 100):
+            continue
+        seen_layer = True
+        v1 = field == 2
+        name, ltype, blobs = None, "", []
+        w.what = "a layer"
+        for f2, wt2, v2 in w.fields(*val):
+            if wt2 == 2 and f2 == (4 if v1 else 1):
+                name = w.string(v2)
+                w.what = f"layer '{name}'"
+            elif f2 == (5 if v1 else 2):
+                ltype = V1_TYPES.get(v2, str(v2)) if v1 and wt2 == 0 else w.string(v2) if wt2 == 2 else str(v2)
+            elif wt2 == 2 and f2 == (6 if v1 else 7):
+                blobs.append(_blob(w, *v2))
+        w.what = "NetParameter"
+        if name is None:
+            raise w.error("a layer without a name")
+        if blobs:
+            layers[name] = (ltype, blobs)
+    if not seen_layer:
+        raise FormatError(f"{path}: no layers found: not a Caffe caffemodel (binary NetParameter)")
+    return layers
