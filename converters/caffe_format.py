@@ -11,6 +11,7 @@ BlobProto num/channels/height/width = 1..4, data=5, shape=7 (BlobShape.dim=1), d
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 from typing import Any
@@ -54,6 +55,10 @@ def read_bytes(path: str | os.PathLike, what: str) -> bytearray:
 
 
 # ------------------------------------------------------------------------------ text format
+class Quoted(str):
+    """A string value that was quoted in the text (names) as opposed to an enum or number."""
+
+
 _TOKEN = re.compile(
     r"""\s+|\#[^\n]*|("(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')|([{}:\[\],;<>])|([^\s{}:\[\],;<>#"']+)"""
 )
@@ -68,7 +73,7 @@ def parse_prototxt(text: str, path: str = "<prototxt>") -> dict[str, list[Any]]:
         if not m:
             raise FormatError(f"{path}:{line}: cannot parse prototxt near {text[pos : pos + 20]!r}")
         if m.group(1):
-            toks.append(("str", m.group(1)[1:-1], line))
+            toks.append(("str", Quoted(m.group(1)[1:-1]), line))
         elif m.group(2):
             toks.append(("sym", m.group(2), line))
         elif m.group(3):
@@ -128,6 +133,22 @@ def parse_prototxt(text: str, path: str = "<prototxt>") -> dict[str, list[Any]]:
     if i < len(toks):
         raise fail(f"unexpected {toks[i][1]!r}")
     return result
+
+
+def format_prototxt(msg: dict[str, list[Any]], indent: int = 0) -> str:
+    """Nested dicts -> protobuf text format (the inverse of parse_prototxt)."""
+    pad, out = "  " * indent, []
+    for key, values in msg.items():
+        for v in values:
+            if isinstance(v, dict):
+                out.append(f"{pad}{key} {{\n{format_prototxt(v, indent + 1)}{pad}}}\n")
+            elif isinstance(v, Quoted):
+                out.append(f'{pad}{key}: "{v}"\n')
+            elif isinstance(v, bool):
+                out.append(f"{pad}{key}: {str(v).lower()}\n")
+            else:
+                out.append(f"{pad}{key}: {v}\n")
+    return "".join(out)
 
 
 def read_prototxt(path: str | os.PathLike) -> tuple[dict[str, list[Any]], str]:
@@ -209,11 +230,25 @@ class _Wire:
         return out
 
 
-def _blob(w: _Wire, start: int, end: int) -> np.ndarray:
+class _Arrays:
+    """Reads blob data straight from the file into fresh (aligned, writable) arrays."""
+
+    def __init__(self, f: Any, path: str):
+        self.f, self.path = f, path
+
+    def read(self, start: int, stop: int, dtype: str) -> np.ndarray:
+        arr = np.empty((stop - start) // np.dtype(dtype).itemsize, dtype=dtype)
+        self.f.seek(start)
+        if self.f.readinto(memoryview(arr).cast("B")) != arr.nbytes:
+            raise FormatError(f"{self.path}: file changed while reading; try again")
+        return arr
+
+
+def _blob(w: _Wire, arrays: _Arrays, start: int, end: int) -> np.ndarray:
     legacy = {}
     shape: list[int] | None = None
-    chunks: list[np.ndarray] = []
-    dchunks: list[np.ndarray] = []
+    spans: list[tuple[int, int]] = []
+    dspans: list[tuple[int, int]] = []
     for field, wt, val in w.fields(start, end):
         if field in (1, 2, 3, 4) and wt == 0:
             legacy[field] = val
@@ -222,56 +257,107 @@ def _blob(w: _Wire, start: int, end: int) -> np.ndarray:
             for f2, wt2, v2 in w.fields(*val):
                 if f2 == 1:
                     shape.extend(w.packed_ints(v2) if wt2 == 2 else [v2])
-        elif field == 5:  # float data: packed (wt 2) or one fixed32 per value (wt 5)
-            a, b = val
-            if wt == 2 and (b - a) % 4:
-                raise w.error("packed float data is not a multiple of 4 bytes")
-            chunks.append(np.frombuffer(w.buf[a:b], dtype="<f4"))
-        elif field == 8:
-            a, b = val
-            if wt == 2 and (b - a) % 8:
-                raise w.error("packed double data is not a multiple of 8 bytes")
-            dchunks.append(np.frombuffer(w.buf[a:b], dtype="<f8"))
-    if dchunks and not chunks:
-        data = np.concatenate(dchunks).astype(np.float32) if len(dchunks) > 1 else dchunks[0].astype(np.float32)
-    else:
-        data = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+        elif field in (5, 8) and wt in (2, 5, 1):  # float / double data, packed or one value per field
+            size = 4 if field == 5 else 8
+            if (val[1] - val[0]) % size:
+                raise w.error(f"packed {'float' if size == 4 else 'double'} data is not a multiple of {size} bytes")
+            (spans if field == 5 else dspans).append(val)
+    use, dtype = (spans, "<f4") if spans or not dspans else (dspans, "<f8")
+    count = sum(b - a for a, b in use) // np.dtype(dtype).itemsize
     if shape is None:
-        shape = [legacy.get(k, 1) for k in (1, 2, 3, 4)] if legacy else [data.size]
-    if any(d < 0 for d in shape) or int(np.prod(shape, dtype=object)) != data.size:
-        raise w.error(f"blob shape {shape} does not match its {data.size} values")
-    return data.reshape(shape)
+        shape = [legacy.get(k, 1) for k in (1, 2, 3, 4)] if legacy else [count]
+    if any(d < 0 for d in shape) or int(np.prod(shape, dtype=object)) != count:
+        raise w.error(f"blob shape {shape} does not match its {count} values")
+    if len(use) == 1:
+        data = arrays.read(*use[0], dtype)
+    else:
+        data = np.concatenate([arrays.read(a, b, dtype) for a, b in use]) if use else np.zeros(0, dtype)
+    return data.astype(np.float32, copy=False).reshape(shape)
 
 
 def read_caffemodel(path: str | os.PathLike) -> dict[str, tuple[str, list[np.ndarray]]]:
-    """{layer name: (layer type, [blobs])} for every layer that carries blobs."""
-    buf = read_bytes(path, "caffemodel")
-    if not buf:
-        raise FormatError(f"{path}: empty file; re-download the caffemodel")
-    mv = memoryview(buf)
-    w = _Wire(mv, str(path), "NetParameter")
+    """{layer name: (layer type, [blobs])} for every layer that carries blobs.
+
+    The file is memory-mapped to walk the message headers; blob data is read from the file
+    straight into its final arrays, so peak memory is about the weights' size.
+    """
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise InputFileError(f"{path}: caffemodel not found; check the path") from None
+    except IsADirectoryError:
+        raise InputFileError(f"{path}: is a directory, expected a caffemodel file") from None
+    except OSError as e:
+        raise InputFileError(f"{path}: cannot read caffemodel: {e.strerror or e}") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise FormatError(f"{path}: empty file; re-download the caffemodel")
+        try:
+            mm: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            mm = read_bytes(path, "caffemodel")
+        try:
+            return _read_net(memoryview(mm), _Arrays(f, str(path)), str(path))
+        finally:
+            if isinstance(mm, mmap.mmap):
+                mm.close()
+
+
+def _read_net(mv: memoryview, arrays: _Arrays, path: str) -> dict[str, tuple[str, list[np.ndarray]]]:
+    w = _Wire(mv, path, "NetParameter")
     layers: dict[str, tuple[str, list[np.ndarray]]] = {}
     seen_layer = False
-    for field, wt, val in w.fields(0, len(mv)):
-        if wt != 2 or field not in (2, 100):
-            continue
-        seen_layer = True
-        v1 = field == 2
-        name, ltype, blobs = None, "", []
-        w.what = "a layer"
-        for f2, wt2, v2 in w.fields(*val):
-            if wt2 == 2 and f2 == (4 if v1 else 1):
-                name = w.string(v2)
-                w.what = f"layer '{name}'"
-            elif f2 == (5 if v1 else 2):
-                ltype = V1_TYPES.get(v2, str(v2)) if v1 and wt2 == 0 else w.string(v2) if wt2 == 2 else str(v2)
-            elif wt2 == 2 and f2 == (6 if v1 else 7):
-                blobs.append(_blob(w, *v2))
-        w.what = "NetParameter"
-        if name is None:
-            raise w.error("a layer without a name")
-        if blobs:
-            layers[name] = (ltype, blobs)
+    try:
+        for field, wt, val in w.fields(0, len(mv)):
+            if wt != 2 or field not in (2, 100):
+                continue
+            seen_layer = True
+            v1 = field == 2
+            name, ltype, blobs = None, "", []
+            w.what = "a layer"
+            for f2, wt2, v2 in w.fields(*val):
+                if wt2 == 2 and f2 == (4 if v1 else 1):
+                    name = w.string(v2)
+                    w.what = f"layer '{name}'"
+                elif f2 == (5 if v1 else 2):
+                    ltype = V1_TYPES.get(v2, str(v2)) if v1 and wt2 == 0 else w.string(v2) if wt2 == 2 else str(v2)
+                elif wt2 == 2 and f2 == (6 if v1 else 7):
+                    blobs.append(_blob(w, arrays, *v2))
+            w.what = "NetParameter"
+            if name is None:
+                raise w.error("a layer without a name")
+            if blobs:
+                layers[name] = (ltype, blobs)
+    finally:
+        mv.release()
     if not seen_layer:
         raise FormatError(f"{path}: no layers found: not a Caffe caffemodel (binary NetParameter)")
     return layers
+
+
+# ------------------------------------------------------------------------------ wire writer
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if not n:
+            out.append(b)
+            return bytes(out)
+        out.append(b | 0x80)
+
+
+def ld(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def encode_layer(name: str, ltype: str, blobs: list[np.ndarray]) -> bytes:
+    """One NetParameter.layer (V2) record with its blobs (shape + packed float data)."""
+    body = ld(1, name.encode()) + ld(2, ltype.encode())
+    for arr in blobs:
+        arr = np.ascontiguousarray(arr, dtype="<f4")
+        shape = ld(1, b"".join(_varint(int(d)) for d in arr.shape))
+        body += ld(7, ld(7, shape) + ld(5, arr.tobytes()))
+    return ld(100, body)

@@ -1,0 +1,90 @@
+"""OpenCV DNN as an independent Caffe implementation (a verify backend).
+
+OpenCV reads the Caffe files itself, so it also checks senet-hub's own Caffe reader. Its built-in
+Axpy is wrong (it computes a*y + x and fails at batch > 1), so each Axpy layer is rewritten in the
+prototxt text as Reshape(a -> N x C) -> two-bottom Scale(axis 0) -> Eltwise SUM, which is a*x + y
+in layers OpenCV implements correctly. Models that did not come from Caffe files are first
+written to Caffe by senet-hub's writer.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..graph import Model
+
+NAME = "opencv"
+EXTRA = "opencv"
+
+
+def available() -> str | None:
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2.__version__
+
+
+def patch_axpy(text: str) -> str:
+    """Rewrite every Axpy layer of a prototxt as Reshape + Scale(axis 0) + Eltwise SUM."""
+    from senet_hub.converters.caffe_format import Quoted, format_prototxt, parse_prototxt
+
+    net = parse_prototxt(text)
+    for key in ("layer", "layers"):
+        out = []
+        for layer in net.get(key, []):
+            if str(layer.get("type", [""])[0]) != "Axpy":
+                out.append(layer)
+                continue
+            name, (a, x, y), top = layer["name"][0], layer["bottom"], layer["top"][0]
+            r, s = Quoted(f"{name}/axpy_a"), Quoted(f"{name}/axpy_ax")
+            out.append({"name": [r], "type": [Quoted("Reshape")], "bottom": [a], "top": [r], "reshape_param": [{"shape": [{"dim": [0, 0]}]}]})
+            out.append({"name": [s], "type": [Quoted("Scale")], "bottom": [x, r], "top": [s], "scale_param": [{"axis": [0], "bias_term": ["false"]}]})
+            out.append({"name": [name], "type": [Quoted("Eltwise")], "bottom": [s, y], "top": [top], "eltwise_param": [{"operation": ["SUM"]}]})
+        if key in net:
+            net[key] = out
+    return format_prototxt(net)
+
+
+@dataclass
+class OpenCVNet:
+    net: object
+    taps: dict[str, str]  # canonical node -> Caffe layer whose output it is
+    output: str
+
+
+def build(model: Model) -> OpenCVNet:
+    import cv2
+
+    from senet_hub.converters import caffe_writer
+
+    src = model.meta.get("source_paths") or {}
+    with tempfile.TemporaryDirectory(prefix="senet-hub-opencv-") as tmp:
+        if model.meta.get("source_format") == "caffe" and all(os.path.exists(src.get(k, "")) for k in ("prototxt", "caffemodel")):
+            prototxt, caffemodel = src["prototxt"], src["caffemodel"]
+            taps = {n.name: n.source[-1] for n in model.graph.nodes if n.source}
+        else:
+            prototxt, caffemodel = caffe_writer.save(model, os.path.join(tmp, "model"))
+            taps = {k: v[-1] for k, v in caffe_writer.layer_names(model).items()}
+        with open(prototxt) as f:
+            patched = patch_axpy(f.read())
+        patched_path = os.path.join(tmp, "patched.prototxt")
+        with open(patched_path, "w") as f:
+            f.write(patched)
+        net = cv2.dnn.readNetFromCaffe(patched_path, caffemodel)
+    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    net.enableFusion(False)  # per-layer outputs must be each layer's own, not a fused conv+bn+relu
+    return OpenCVNet(net, taps, model.graph.output)
+
+
+def run(native: OpenCVNet, x: np.ndarray, taps: bool = True) -> dict[str, np.ndarray]:
+    nodes = list(native.taps) if taps else [native.output]
+    layers = [native.taps[n] for n in nodes]
+    native.net.setInput(np.ascontiguousarray(x, np.float32))
+    outs = native.net.forward(layers)
+    return {n: np.array(o, np.float32) for n, o in zip(nodes, outs)}
