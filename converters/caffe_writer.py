@@ -21,6 +21,7 @@ from .caffe_format import Quoted, encode_layer, format_prototxt, ld
 
 def layer_names(model: Model) -> dict[str, list[str]]:
     """Per node, the Caffe layer names it becomes (batch_norm: BatchNorm + Scale)."""
+
     def wanted(n: Node) -> list[str]:
         k = 2 if n.op == "batch_norm" else 1
         src = n.source if len(n.source) == k else []
@@ -49,8 +50,15 @@ def to_caffe(model: Model) -> tuple[dict[str, list[Any]], list[tuple[str, str, l
     ]  # fmt: skip
     records: list[tuple[str, str, list[np.ndarray]]] = []
 
-    def add(name: str, ltype: str, bottoms: list[str], out: str, blobs: list[np.ndarray] | None = None, **params: Any) -> None:
-        layer = {"name": [Quoted(name)], "type": [Quoted(ltype)], "bottom": [Quoted(b) for b in bottoms], "top": [Quoted(out)]}
+    def add(
+        name: str, ltype: str, bottoms: list[str], out: str, blobs: list[np.ndarray] | None = None, **params: Any
+    ) -> None:
+        layer = {
+            "name": [Quoted(name)],
+            "type": [Quoted(ltype)],
+            "bottom": [Quoted(b) for b in bottoms],
+            "top": [Quoted(out)],
+        }
         layer.update(params)
         layers.append(layer)
         if blobs:
@@ -71,7 +79,14 @@ def to_caffe(model: Model) -> tuple[dict[str, list[Any]], list[tuple[str, str, l
                 p["dilation"] = list(a["dilation"])
             if a.get("groups", 1) != 1:
                 p["group"] = [a["groups"]]
-            add(ln[0], "Convolution", ins, ln[0], [w["weight"]] + ([w["bias"]] if "bias" in w else []), convolution_param=[p])
+            add(
+                ln[0],
+                "Convolution",
+                ins,
+                ln[0],
+                [w["weight"]] + ([w["bias"]] if "bias" in w else []),
+                convolution_param=[p],
+            )
         elif op == "batch_norm":
             bn = [w["running_mean"], w["running_var"], np.ones(1, np.float32)]
             add(ln[0], "BatchNorm", ins, ln[0], bn, batch_norm_param=[{"use_global_stats": [True], "eps": [a["eps"]]}])
@@ -89,14 +104,26 @@ def to_caffe(model: Model) -> tuple[dict[str, list[Any]], list[tuple[str, str, l
                 ceil = True
             if op == "avg_pool" and not a.get("count_include_pad", True) and (t or lf):
                 raise UnsupportedError(f"node '{n.name}': Caffe average pooling always counts padding")
-            p = {"pool": ["MAX" if op == "max_pool" else "AVE"], **_hw("kernel", a["kernel"]), **_hw("stride", a["stride"]), **_hw("pad", (t, lf))}
+            p = {
+                "pool": ["MAX" if op == "max_pool" else "AVE"],
+                **_hw("kernel", a["kernel"]),
+                **_hw("stride", a["stride"]),
+                **_hw("pad", (t, lf)),
+            }
             if not ceil:
                 p["round_mode"] = ["FLOOR"]
             add(ln[0], "Pooling", ins, ln[0], pooling_param=[p])
         elif op == "global_avg_pool":
             add(ln[0], "Pooling", ins, ln[0], pooling_param=[{"pool": ["AVE"], "global_pooling": [True]}])
         elif op in ("relu", "sigmoid", "softmax", "axpy", "add", "flatten"):
-            ltype = {"relu": "ReLU", "sigmoid": "Sigmoid", "softmax": "Softmax", "axpy": "Axpy", "add": "Eltwise", "flatten": "Flatten"}[op]
+            ltype = {
+                "relu": "ReLU",
+                "sigmoid": "Sigmoid",
+                "softmax": "Softmax",
+                "axpy": "Axpy",
+                "add": "Eltwise",
+                "flatten": "Flatten",
+            }[op]
             add(ln[0], ltype, ins, ln[0])
         elif op == "channel_scale":
             s = ins[1]
@@ -110,11 +137,20 @@ def to_caffe(model: Model) -> tuple[dict[str, list[Any]], list[tuple[str, str, l
             add(ln[0], "Reshape", ins, ln[0], reshape_param=[{"shape": [{"dim": list(a["shape"])}]}])
         elif op == "linear":
             p = {"num_output": [a["out_features"]], "bias_term": [a.get("bias", True)]}
-            add(ln[0], "InnerProduct", ins, ln[0], [w["weight"]] + ([w["bias"]] if "bias" in w else []), inner_product_param=[p])
+            add(
+                ln[0],
+                "InnerProduct",
+                ins,
+                ln[0],
+                [w["weight"]] + ([w["bias"]] if "bias" in w else []),
+                inner_product_param=[p],
+            )
         elif op == "dropout":
             add(ln[0], "Dropout", ins, ln[0], dropout_param=[{"dropout_ratio": [a.get("ratio", 0.5)]}])
         else:
-            raise UnsupportedError(f"node '{n.name}': op '{op}' has no Caffe equivalent (convert with the Caffe input convention)")
+            raise UnsupportedError(
+                f"node '{n.name}': op '{op}' has no Caffe equivalent (convert with the Caffe input convention)"
+            )
         top[n.name] = ln[0]
     net = {"name": [Quoted(str(model.meta.get("arch", "senet-hub")))], "layer": layers}
     return net, records

@@ -60,7 +60,9 @@ def atomic_outputs(paths: list[str]) -> Iterator[list[str]]:
             else:
                 os.replace(t, p)
     except OSError as e:
-        raise OutputError(f"{e.filename or paths[0]}: cannot write output: {e.strerror or e}; check the path and free space") from None
+        raise OutputError(
+            f"{e.filename or paths[0]}: cannot write output: {e.strerror or e}; check the path and free space"
+        ) from None
     finally:
         for t in tmps:
             if os.path.exists(t):

@@ -67,8 +67,10 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        return not self.errors and all(v is None for v in self.first_divergent.values()) and all(
-            t["top1"] == 1.0 for t in self.topk.values()
+        return (
+            not self.errors
+            and all(v is None for v in self.first_divergent.values())
+            and all(t["top1"] == 1.0 for t in self.topk.values())
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -88,7 +90,10 @@ class Report:
             "errors": self.errors,
             "seconds": self.timings,
             "nodes": [
-                {**{k: r[k] for k in ("node", "source", "shape")}, "results": {b: vars(v) for b, v in r["results"].items()}}
+                {
+                    **{k: r[k] for k in ("node", "source", "shape")},
+                    "results": {b: vars(v) for b, v in r["results"].items()},
+                }
                 for r in self.rows
             ],
         }
@@ -119,7 +124,9 @@ class Report:
         if max_rows is not None and len(self.rows) > max_rows:
             lines.append(f"... {len(self.rows) - max_rows} more nodes")
         lines.append("")
-        lines.append(f"reference: numpy float64; tolerance per node: max|d| <= {self.rtol:g} * max|ref|; '!' marks a node over it")
+        lines.append(
+            f"reference: numpy float64; tolerance per node: max|d| <= {self.rtol:g} * max|ref|; '!' marks a node over it"
+        )
         for b in others:
             if b in self.errors:
                 lines.append(f"{b:<12} ERROR: {self.errors[b]}")
@@ -131,15 +138,24 @@ class Report:
                 f"top-1 agreement {t.get('top1', 0):.0%}, top-5 overlap {t.get('top5', 0):.0%}; "
                 f"{self.timings.get(b, 0):.2f} s"
             )
-        lines.append(f"PARITY {'HOLDS' if self.passed else 'FAILED'} ({self.model.arch}, input {'x'.join(map(str, self.input_shape))})")
+        lines.append(
+            f"PARITY {'HOLDS' if self.passed else 'FAILED'} ({self.model.arch}, input {'x'.join(map(str, self.input_shape))})"
+        )
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
         others = [b for b in self.backends if b != "numpy"] or ["numpy"]
-        out = ["| node | source | shape | " + " | ".join(f"{b} rel" for b in others) + " |", "|---|---|---|" + "---|" * len(others)]
+        out = [
+            "| node | source | shape | " + " | ".join(f"{b} rel" for b in others) + " |",
+            "|---|---|---|" + "---|" * len(others),
+        ]
         for r in self.rows:
             cells = [f"{r['results'][b].rel:.2e}" if b in r["results"] else "-" for b in others]
-            out.append(f"| {r['node']} | {', '.join(r['source'])} | {'x'.join(map(str, r['shape']))} | " + " | ".join(cells) + " |")
+            out.append(
+                f"| {r['node']} | {', '.join(r['source'])} | {'x'.join(map(str, r['shape']))} | "
+                + " | ".join(cells)
+                + " |"
+            )
         out.append("")
         out.append(f"**Parity {'holds' if self.passed else 'FAILED'}** (rtol {self.rtol:g} per node)")
         return "\n".join(out)
@@ -168,13 +184,28 @@ def topk_agreement(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     return {"top1": top1, "top5": top5}
 
 
-def verify(model: Model, backends: list[str], x: np.ndarray | None = None, rtol: float = DEFAULT_RTOL, progress: Any = None, **build_opts: Any) -> Report:
+def verify(
+    model: Model,
+    backends: list[str],
+    x: np.ndarray | None = None,
+    rtol: float = DEFAULT_RTOL,
+    progress: Any = None,
+    **build_opts: Any,
+) -> Report:
     """Run each backend with taps on every node and compare with the float64 numpy reference."""
     x = default_input(model) if x is None else np.asarray(x, np.float32)
     shapes = infer_shapes(model, tuple(x.shape))
     names = [builders.canonical_backend(b) for b in backends]
     versions = {}
-    report = Report(model, names, versions, tuple(x.shape), hashlib.sha256(x.tobytes()).hexdigest(), rtol, command=" ".join(sys.argv))
+    report = Report(
+        model,
+        names,
+        versions,
+        tuple(x.shape),
+        hashlib.sha256(x.tobytes()).hexdigest(),
+        rtol,
+        command=" ".join(sys.argv),
+    )
     say = progress or (lambda msg: None)
     t = time.perf_counter()
     say("running the numpy float64 reference")
@@ -204,7 +235,9 @@ def verify(model: Model, backends: list[str], x: np.ndarray | None = None, rtol:
     for b, outs in results.items():
         if b == "numpy" and len(names) > 1:
             continue
-        report.first_divergent[b] = next((r["node"] for r in report.rows if b in r["results"] and not r["results"][b].ok), None)
+        report.first_divergent[b] = next(
+            (r["node"] for r in report.rows if b in r["results"] and not r["results"][b].ok), None
+        )
         if out in outs:
             report.topk[b] = topk_agreement(ref[out], outs[out])
             report.outputs[b] = np.asarray(outs[out], np.float32)

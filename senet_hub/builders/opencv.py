@@ -42,9 +42,33 @@ def patch_axpy(text: str) -> str:
                 continue
             name, (a, x, y), top = layer["name"][0], layer["bottom"], layer["top"][0]
             r, s = Quoted(f"{name}/axpy_a"), Quoted(f"{name}/axpy_ax")
-            out.append({"name": [r], "type": [Quoted("Reshape")], "bottom": [a], "top": [r], "reshape_param": [{"shape": [{"dim": [0, 0]}]}]})
-            out.append({"name": [s], "type": [Quoted("Scale")], "bottom": [x, r], "top": [s], "scale_param": [{"axis": [0], "bias_term": ["false"]}]})
-            out.append({"name": [name], "type": [Quoted("Eltwise")], "bottom": [s, y], "top": [top], "eltwise_param": [{"operation": ["SUM"]}]})
+            out.append(
+                {
+                    "name": [r],
+                    "type": [Quoted("Reshape")],
+                    "bottom": [a],
+                    "top": [r],
+                    "reshape_param": [{"shape": [{"dim": [0, 0]}]}],
+                }
+            )
+            out.append(
+                {
+                    "name": [s],
+                    "type": [Quoted("Scale")],
+                    "bottom": [x, r],
+                    "top": [s],
+                    "scale_param": [{"axis": [0], "bias_term": ["false"]}],
+                }
+            )
+            out.append(
+                {
+                    "name": [name],
+                    "type": [Quoted("Eltwise")],
+                    "bottom": [s, y],
+                    "top": [top],
+                    "eltwise_param": [{"operation": ["SUM"]}],
+                }
+            )
         if key in net:
             net[key] = out
     return format_prototxt(net)
@@ -64,7 +88,9 @@ def build(model: Model) -> OpenCVNet:
 
     src = model.meta.get("source_paths") or {}
     with tempfile.TemporaryDirectory(prefix="senet-hub-opencv-") as tmp:
-        if model.meta.get("source_format") == "caffe" and all(os.path.exists(src.get(k, "")) for k in ("prototxt", "caffemodel")):
+        if model.meta.get("source_format") == "caffe" and all(
+            os.path.exists(src.get(k, "")) for k in ("prototxt", "caffemodel")
+        ):
             prototxt, caffemodel = src["prototxt"], src["caffemodel"]
             taps = {n.name: n.source[-1] for n in model.graph.nodes if n.source}
         else:

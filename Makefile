@@ -1,0 +1,42 @@
+# One environment for every framework (see README "Set-up"). Python 3.10+ with venv and pip.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.senet-hub-installed
+
+.PHONY: demo test test-fast lint format bench venv clean
+
+venv: $(STAMP)
+
+# setuptools<81 and --no-build-isolation: chainer 7.8.1 only builds with the older setuptools.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt "setuptools>=77.0.3,<81" wheel
+	$(PIP) install -q -c constraints.txt torch==2.13.0 numpy==1.26.4
+	$(PIP) install -q --no-build-isolation -c constraints.txt -e ".[all,dev]"
+	touch $@
+
+demo: venv
+	$(VENV)/bin/senet-hub demo
+
+test: venv lint
+	$(VENV)/bin/pytest -q
+
+test-fast: venv
+	$(VENV)/bin/pytest -q -m "not slow"
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: venv
+	$(PY) bench/bench_convert.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,90 @@
+"""Convert speed and memory: `senet-hub convert` of SENet-154 Caffe -> PyTorch vs `cp` of the caffemodel.
+
+Run: python bench/bench_convert.py [--arch SENet-154] [--repeat 3]
+Weights: ../shared/tools/make_caffemodel.py (seed 1) when present, else senet-hub's synthetic writer.
+Prints wall times (best of N), the ratio to cp, and peak RSS of the convert process vs the file size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOL = ROOT.parent / "shared" / "tools" / "make_caffemodel.py"
+
+
+def timed(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of one child process."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    dt = time.perf_counter() - t
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"command failed: {' '.join(cmd)}\n{err}")
+    return dt, usage.ru_maxrss * 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="SENet-154")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--to", default="pytorch")
+    ap.add_argument("--suffix", default=".pth")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="senet-hub-bench-"))
+    try:
+        prototxt = ROOT / "reference_models" / f"{args.arch}.prototxt"
+        caffemodel = work / f"{args.arch}.caffemodel"
+        if TOOL.exists():
+            subprocess.run(
+                [sys.executable, str(TOOL), str(prototxt), "1", str(caffemodel)], check=True, capture_output=True
+            )
+        else:
+            from senet_hub.converters import caffe_writer
+
+            from senet_hub import zoo
+
+            caffe_writer.write_caffemodel_for(zoo.synthetic_model(args.arch), caffemodel)
+        size = caffemodel.stat().st_size
+        exe = [sys.executable, "-m", "senet_hub.cli"]
+        cp = min(timed(["cp", str(caffemodel), str(work / "copy.bin")])[0] for _ in range(args.repeat))
+        runs = [
+            timed(
+                [
+                    *exe,
+                    "convert",
+                    "--prototxt",
+                    str(prototxt),
+                    "--caffemodel",
+                    str(caffemodel),
+                    "--to",
+                    args.to,
+                    "-o",
+                    str(work / f"out{args.suffix}"),
+                ]
+            )
+            for _ in range(args.repeat)
+        ]
+        conv, rss = min(r[0] for r in runs), max(r[1] for r in runs)
+        startup = min(timed([*exe, "--help"])[0] for _ in range(args.repeat))
+        print(f"{args.arch}: caffemodel {size / 1e6:.0f} MB, best of {args.repeat}")
+        print(f"  cp                          {cp:7.3f} s")
+        print(
+            f"  senet-hub convert --to {args.to:<6}{conv:7.3f} s   = {conv / cp:5.1f}x cp   (CLI start-up alone {startup:.3f} s)"
+        )
+        print(f"  peak RSS of convert         {rss / 1e6:7.0f} MB  = {rss / size:5.2f}x file size")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Shared fixtures. Tests that need ../shared (real-Caffe references, the weight tool) skip
+with a clear reason when it is absent; everything else runs anywhere."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("SENET_HUB_SHARED", ROOT.parent / "shared"))
+PROTOTXT_DIR = ROOT / "reference_models"
+CAFFE_REF_DIR = SHARED / "reference" / "caffe" / "outputs"
+MAKE_CAFFEMODEL = SHARED / "tools" / "make_caffemodel.py"
+RELEASED = [
+    "SE-BN-Inception",
+    "SE-ResNet-50",
+    "SE-ResNet-101",
+    "SE-ResNet-152",
+    "SE-ResNeXt-50",
+    "SE-ResNeXt-101",
+    "SENet-154",
+]
+WITH_CAFFE_REFERENCE = ["SE-BN-Inception", "SE-ResNet-50", "SE-ResNet-101", "SE-ResNeXt-50"]
+
+needs_shared = pytest.mark.skipif(
+    not MAKE_CAFFEMODEL.exists() or not CAFFE_REF_DIR.exists(),
+    reason=f"../shared (real-Caffe reference outputs and tools/make_caffemodel.py) not found at {SHARED}",
+)
+
+
+@pytest.fixture(scope="session")
+def caffemodel(request):
+    """Factory: path of the seed-1 caffemodel that real Caffe's reference outputs were made with."""
+    cache = Path(request.config.cache.mkdir("senet-hub-caffemodels"))
+
+    def make(arch: str) -> Path:
+        if not MAKE_CAFFEMODEL.exists():
+            pytest.skip(f"../shared/tools/make_caffemodel.py not found at {MAKE_CAFFEMODEL}")
+        out = cache / f"{arch}.s1.caffemodel"
+        if not out.exists():
+            tmp = out.with_suffix(".tmp")
+            subprocess.run(
+                [sys.executable, str(MAKE_CAFFEMODEL), str(PROTOTXT_DIR / f"{arch}.prototxt"), "1", str(tmp)],
+                check=True,
+                capture_output=True,
+            )
+            tmp.replace(out)
+        return out
+
+    return make
+
+
+def load_caffe_reference(arch: str) -> dict:
+    sys.path.insert(0, str(CAFFE_REF_DIR))
+    try:
+        import refnpz
+    finally:
+        sys.path.pop(0)
+    return refnpz.load(str(CAFFE_REF_DIR / f"{arch}.npz"))

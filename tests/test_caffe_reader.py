@@ -1,0 +1,204 @@
+"""Unit tests of the Caffe reader: text format, wire format variants, handlers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from senet_hub.converters import caffe, caffe_writer
+from senet_hub.converters.caffe_format import encode_layer, ld, parse_prototxt, read_caffemodel
+
+from senet_hub.builders import numpy_ref
+from senet_hub.errors import FormatError, ModelError, UnsupportedError
+
+TINY = """
+name: "tiny"
+input: "data"
+input_shape { dim: 1 dim: 3 dim: 9 dim: 9 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 bias_term: false } }
+layer { name: "conv/bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+layer { name: "conv/scale" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param { num_output: 5 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _weights(rng):
+    return {
+        "conv": [rng.normal(size=(4, 3, 3, 3)).astype(np.float32)],
+        "conv/bn": [
+            rng.normal(size=4).astype(np.float32) * 2,
+            rng.uniform(1, 2, 4).astype(np.float32) * 2,
+            np.array([2.0], np.float32),
+        ],
+        "conv/scale": [rng.normal(size=4).astype(np.float32), rng.normal(size=4).astype(np.float32)],
+        "fc": [rng.normal(size=(5, 4 * 2 * 2)).astype(np.float32), rng.normal(size=5).astype(np.float32)],
+    }
+
+
+def _write(tmp_path, text, blobs, layer_bytes=None):
+    p = tmp_path / "m.prototxt"
+    p.write_text(text)
+    w = tmp_path / "m.caffemodel"
+    types = {"conv": "Convolution", "conv/bn": "BatchNorm", "conv/scale": "Scale", "fc": "InnerProduct"}
+    w.write_bytes(
+        layer_bytes if layer_bytes is not None else b"".join(encode_layer(k, types[k], v) for k, v in blobs.items())
+    )
+    return p, w
+
+
+def test_tiny_net_semantics(tmp_path):
+    rng = np.random.default_rng(0)
+    blobs = _weights(rng)
+    p, w = _write(tmp_path, TINY, blobs)
+    m = caffe.load(p, w)
+    assert [n.op for n in m.graph.nodes] == ["conv", "batch_norm", "relu", "max_pool", "linear", "softmax"]
+    bn = m.graph.nodes[1]
+    assert bn.source == ["conv/bn", "conv/scale"]
+    # BatchNorm blobs are divided by the scale factor (third blob)
+    np.testing.assert_allclose(m.weights["conv/bn.running_mean"], blobs["conv/bn"][0] / 2)
+    np.testing.assert_allclose(m.weights["conv/bn.running_var"], blobs["conv/bn"][1] / 2)
+    np.testing.assert_array_equal(m.weights["conv/bn.weight"], blobs["conv/scale"][0])
+    assert bn.attrs["eps"] == 1e-5
+    # conv 9 -> 5; ceil max pool k3 s2: 5 -> 2
+    x = rng.normal(size=(2, 3, 9, 9)).astype(np.float32)
+    outs = numpy_ref.run(numpy_ref.build(m), x)
+    assert outs["pool"].shape == (2, 4, 2, 2)
+    # independent hand computation
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    W = blobs["conv"][0].astype(np.float64)
+    conv = np.zeros((2, 4, 5, 5))
+    for i in range(5):
+        for j in range(5):
+            conv[:, :, i, j] = np.einsum("ncij,ocij->no", xp[:, :, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3], W)
+    mean, var = blobs["conv/bn"][0] / 2.0, blobs["conv/bn"][1] / 2.0
+    g, b = blobs["conv/scale"]
+    y = np.maximum(
+        (conv - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-5) * g[:, None, None] + b[:, None, None], 0
+    )
+    np.testing.assert_allclose(outs["relu"], y, rtol=1e-6, atol=1e-9)
+
+
+def test_ceil_pool_clip_rule():
+    from senet_hub.graph import pool_out
+
+    assert pool_out(112, 3, 2, 0, 0, True) == 56
+    assert pool_out(112, 3, 2, 0, 0, False) == 55
+    # a last window starting inside size + pad is kept
+    assert pool_out(6, 2, 2, 1, 1, True) == 4
+    assert pool_out(5, 2, 2, 1, 1, True) == 3  # ceil gives 4, window 4 would start at 6 >= 5 + 1
+
+
+def test_legacy_formats(tmp_path):
+    """V1 `layers` with enum types, legacy num/channels/height/width shapes, double_data, unpacked floats."""
+    rng = np.random.default_rng(1)
+    blobs = _weights(rng)
+    v1_text = TINY.replace('layer { name: "fc" type: "InnerProduct"', 'layers { name: "fc" type: INNER_PRODUCT')
+
+    def legacy_blob(arr, double=False, unpacked=False):
+        dims = (1,) * (4 - arr.ndim) + arr.shape
+        body = b"".join(_varint(f << 3) + _varint(d) for f, d in zip((1, 2, 3, 4), dims))
+        if double:
+            body += ld(8, arr.astype("<f8").tobytes())
+        elif unpacked:
+            body += b"".join(_varint(5 << 3 | 5) + v.tobytes() for v in arr.astype("<f4").ravel())
+        else:
+            body += ld(5, arr.astype("<f4").tobytes())
+        return body
+
+    def v1_layer(name, enum, arrs, **kw):
+        body = ld(4, name.encode()) + _varint(5 << 3) + _varint(enum)
+        return ld(2, body + b"".join(ld(6, legacy_blob(a, **kw)) for a in arrs))
+
+    data = (
+        v1_layer("conv", 4, blobs["conv"], double=True)
+        + encode_layer("conv/bn", "BatchNorm", blobs["conv/bn"])
+        + encode_layer("conv/scale", "Scale", blobs["conv/scale"])
+        + v1_layer("fc", 14, blobs["fc"], unpacked=True)
+    )
+    p, w = _write(tmp_path, v1_text, None, data)
+    layers = read_caffemodel(w)
+    assert layers["fc"][0] == "InnerProduct" and layers["fc"][1][0].shape == (1, 1, 5, 16)
+    m = caffe.load(p, w)
+    np.testing.assert_array_equal(m.weights["fc.weight"], blobs["fc"][0])
+    np.testing.assert_array_equal(m.weights["conv.weight"], blobs["conv"][0])
+
+
+def test_unsupported_types_listed_with_counts(tmp_path):
+    text = (
+        TINY
+        + """
+layer { name: "n1" type: "LRN" bottom: "prob" top: "n1" }
+layer { name: "n2" type: "LRN" bottom: "n1" top: "n2" }
+layer { name: "t" type: "TanH" bottom: "n2" top: "t" }
+"""
+    )
+    p, w = _write(tmp_path, text, _weights(np.random.default_rng(0)))
+    with pytest.raises(UnsupportedError) as e:
+        caffe.load(p, w)
+    msg = str(e.value)
+    assert "LRN x2 (n1, n2)" in msg and "TanH x1 (t)" in msg and str(p) in msg and "\n" not in msg
+
+
+def test_lone_scale_eltwise_and_inplace(tmp_path):
+    text = """
+input: "data" input_dim: 2 input_dim: 2 input_dim: 4 input_dim: 4
+layer { name: "s" type: "Scale" bottom: "data" top: "s" scale_param { bias_term: true } }
+layer { name: "r" type: "ReLU" bottom: "s" top: "s" }
+layer { name: "e" type: "Eltwise" bottom: "s" bottom: "data" top: "e" }
+layer { name: "split" type: "Split" bottom: "e" top: "e1" top: "e2" }
+layer { name: "c" type: "Concat" bottom: "e1" bottom: "e2" top: "c" }
+"""
+    g, b = np.array([2.0, -1.0], np.float32), np.array([0.5, 0.25], np.float32)
+    p, w = _write(tmp_path, text, None, encode_layer("s", "Scale", [g, b]))
+    m = caffe.load(p, w)
+    x = np.random.default_rng(0).normal(size=(2, 2, 4, 4)).astype(np.float32)
+    y = numpy_ref.forward(m, x)
+    s = np.maximum(x * g[:, None, None] + b[:, None, None], 0) + x
+    np.testing.assert_allclose(y, np.concatenate([s, s], 1), rtol=1e-6)
+
+
+def test_prototxt_errors_name_the_line():
+    with pytest.raises(FormatError, match=r"x.prototxt:3"):
+        parse_prototxt('name: "a"\nlayer {\n  }}\n', "x.prototxt")
+    with pytest.raises(FormatError, match="missing '}'"):
+        parse_prototxt("layer { name: 'a' ", "x.prototxt")
+    assert parse_prototxt("a: [1, 2] b { c: 'x' }")["a"] == ["1", "2"]
+
+
+def test_mismatch_errors(tmp_path):
+    rng = np.random.default_rng(0)
+    blobs = _weights(rng)
+    missing = dict(blobs)
+    del missing["conv/bn"]
+    p, w = _write(tmp_path, TINY, missing)
+    with pytest.raises(ModelError, match=r"layer 'conv/bn'.*does not match"):
+        caffe.load(p, w)
+    wrong = dict(blobs, conv=[np.zeros((4, 3, 5, 5), np.float32)])
+    p, w = _write(tmp_path, TINY, wrong)
+    with pytest.raises(ModelError, match=r"layer 'conv'.*\(4, 3, 5, 5\).*\(4, 3, 3, 3\)"):
+        caffe.load(p, w)
+
+
+def test_writer_round_trip_is_exact(tmp_path):
+    rng = np.random.default_rng(3)
+    p, w = _write(tmp_path, TINY, _weights(rng))
+    m = caffe.load(p, w)
+    out = caffe_writer.save(m, tmp_path / "rt")
+    m2 = caffe.load(*out)
+    assert [n.name for n in m2.graph.nodes] == [n.name for n in m.graph.nodes]
+    for k, v in m.weights.items():
+        np.testing.assert_array_equal(m2.weights[k], v)
+    x = rng.normal(size=(1, 3, 9, 9)).astype(np.float32)
+    np.testing.assert_array_equal(numpy_ref.forward(m, x), numpy_ref.forward(m2, x))
