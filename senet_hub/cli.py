@@ -76,6 +76,10 @@ def source_options(fn: Callable) -> Callable:
             "--arch", help="Architecture id (see `senet-hub list`); for --from zoo and MindSpore checkpoints."
         ),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of synthetic weights (--from zoo)."),
+        click.option("--input-convention", "input_convention", type=click.Choice(["source", "caffe", "rgb01", "mindcv"]), default="source", show_default=True,
+                     help="Input the converted model takes: rgb01 = RGB in [0,1] normalized with ImageNet mean/std (Cadene/timm style)."),
+        click.option("--class-order", "class_order", type=click.Choice(["source", "senet", "ilsvrc2012"]), default="source", show_default=True,
+                     help="Order of the output classes: ilsvrc2012 = sorted WordNet ids (torchvision style)."),
     ]
     for o in reversed(opts):
         fn = o(fn)
@@ -123,13 +127,13 @@ def _emit_json(data: Any) -> None:
     help="TensorFlow serving input layout (default nhwc).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
-def convert(source, prototxt, caffemodel, ckpt, arch, seed, target, output, opset, inline, layout, as_json) -> None:
+def convert(source, prototxt, caffemodel, ckpt, arch, seed, input_convention, class_order, target, output, opset, inline, layout, as_json) -> None:
     """Convert a model to another framework's native format."""
     from .atomic import check_writable
     from .sources import save_model
 
     check_writable(output)
-    model = _load(source, prototxt, caffemodel, ckpt, arch, seed)
+    model = _load(source, prototxt, caffemodel, ckpt, arch, seed, input_convention, class_order)
     opts: dict[str, Any] = {}
     if target == "onnx":
         opts["inline"] = inline
@@ -160,13 +164,13 @@ def _size(path: str) -> str:
 @click.option("-o", "--output", required=True, help="Output .onnx file.")
 @click.option("--opset", type=int, default=None, help="ONNX opset version.")
 @click.option("--inline", is_flag=True, help="Write plain standard ops (Axpy function inlined).")
-def export_onnx(source, prototxt, caffemodel, ckpt, arch, seed, output, opset, inline) -> None:
+def export_onnx(source, prototxt, caffemodel, ckpt, arch, seed, input_convention, class_order, output, opset, inline) -> None:
     """Export ONNX with Axpy as a custom-domain op plus a function fallback."""
     from .atomic import check_writable
     from .sources import save_model
 
     check_writable(output)
-    model = _load(source, prototxt, caffemodel, ckpt, arch, seed)
+    model = _load(source, prototxt, caffemodel, ckpt, arch, seed, input_convention, class_order)
     opts: dict[str, Any] = {"inline": inline}
     if opset:
         opts["opset"] = opset
@@ -230,7 +234,7 @@ def verify(
         skipped = [b for b in DEFAULT_BACKENDS if b not in names]
         if skipped:
             _say(f"not installed, skipped: {', '.join(skipped)}")
-    model = _load(source, prototxt, caffemodel, ckpt, arch, seed)
+    model = _load(source, prototxt, caffemodel, ckpt, arch, seed, input_convention, class_order)
     if input_path:
         try:
             x = np.load(input_path)

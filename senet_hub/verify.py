@@ -32,9 +32,7 @@ def default_input(model: Model, batch: int = 2, seed: int = 7) -> np.ndarray:
     hi = float(list(conv.get("range", [0, 1]))[-1])
     shape = (batch, *model.graph.input_shape[1:])
     rng = np.random.default_rng(seed)
-    if model.graph.nodes and model.graph.nodes[0].op == "input_norm":  # the model takes raw images
-        x = rng.uniform(0, hi, size=shape)
-    elif hi > 1 and all(float(s) == 1.0 for s in conv.get("std", [1.0])):  # mean-free pixels
+    if hi > 1 and all(float(s) == 1.0 for s in conv.get("std", [1.0])):  # mean-free pixels
         x = rng.normal(0, 50, size=shape)
     else:  # normalized inputs
         x = rng.normal(0, 1, size=shape)

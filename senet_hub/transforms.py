@@ -1,0 +1,147 @@
+"""Exact model rewrites: input convention (channel order, range, mean/std) and class order.
+
+An input convention says what the model's input is: pixels in `channel_order`, scaled to
+`range`, then (pixel - mean) / std per channel. Changing convention prepends one `input_norm`
+node (channel permutation + per-channel affine), which is exact; folding it into the first
+convolution is exact only when that convolution pads nothing (zero padding of the new input is
+not zero padding of the old one), so it is folded only then.
+"""
+
+from __future__ import annotations
+
+import csv
+from importlib import resources
+
+import numpy as np
+
+from .errors import SenetHubError
+from .graph import Model, Node, infer_shapes
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+CONVENTIONS: dict[str, dict] = {
+    "caffe": {"channel_order": "BGR", "range": [0, 255], "mean": [104.0, 117.0, 123.0], "std": [1.0, 1.0, 1.0]},
+    "rgb01": {"channel_order": "RGB", "range": [0, 1], "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+    "mindcv": {"channel_order": "RGB", "range": [0, 255], "mean": [m * 255 for m in IMAGENET_MEAN], "std": [s * 255 for s in IMAGENET_STD]},
+}
+CLASS_ORDERS = ("senet", "ilsvrc2012")
+
+
+def convention(name_or_dict: str | dict) -> dict:
+    if isinstance(name_or_dict, dict):
+        return name_or_dict
+    if name_or_dict not in CONVENTIONS:
+        raise SenetHubError(f"unknown input convention '{name_or_dict}'; choose one of {', '.join(CONVENTIONS)}")
+    return CONVENTIONS[name_or_dict]
+
+
+def _norm_params(src: dict, tgt: dict) -> tuple[list[int], list[float], list[float]]:
+    """input_norm attrs mapping a target-convention input onto the source-convention input."""
+    so, to = src["channel_order"].upper(), tgt["channel_order"].upper()
+    if sorted(so) != sorted(to):
+        raise SenetHubError(f"cannot map channel order {to} onto {so}")
+    perm = [to.index(ch) for ch in so]
+    k = float(src["range"][-1]) / float(tgt["range"][-1])
+    scale = [float(tgt["std"][perm[c]]) * k / float(src["std"][c]) for c in range(len(so))]
+    shift = [(float(tgt["mean"][perm[c]]) * k - float(src["mean"][c])) / float(src["std"][c]) for c in range(len(so))]
+    return perm, scale, shift
+
+
+def set_input_convention(model: Model, target: str | dict, fold: bool = True) -> Model:
+    """A model that takes `target`-convention input and computes what `model` computes."""
+    src = model.meta.get("input_convention")
+    if not src:
+        raise SenetHubError(f"{model.arch}: the model's input convention is unknown; cannot change it")
+    tgt = dict(convention(target), size=src.get("size", model.graph.input_shape[-1]))
+    perm, scale, shift = _norm_params(src, tgt)
+    m = model.copy()
+    g = m.graph
+    if perm == list(range(len(perm))) and all(abs(s - 1) < 1e-12 for s in scale) and all(abs(b) < 1e-12 for b in shift):
+        m.meta["input_convention"] = tgt
+        return m
+    first = g.nodes[0] if g.nodes else None
+    if first is not None and first.op == "input_norm":  # compose with the existing stage
+        p0, s0, b0 = first.attrs["perm"], first.attrs["scale"], first.attrs["shift"]
+        first.attrs = {
+            "perm": [perm[p0[c]] for c in range(len(p0))],
+            "scale": [s0[c] * scale[p0[c]] for c in range(len(p0))],
+            "shift": [s0[c] * shift[p0[c]] + b0[c] for c in range(len(p0))],
+        }
+    else:
+        name = "input_norm"
+        node = Node(name, "input_norm", [g.input_name], {"perm": perm, "scale": scale, "shift": shift}, ["input convention"])
+        for n in g.nodes:
+            n.inputs = [name if i == g.input_name else i for i in n.inputs]
+        g.nodes.insert(0, node)
+    m.meta["input_convention"] = tgt
+    if fold:
+        m = fold_input_norm(m)
+    infer_shapes(m)
+    return m
+
+
+def fold_input_norm(model: Model) -> Model:
+    """Fold a leading input_norm into the first convolution when that is exact (no padding, one group, sole consumer)."""
+    g = model.graph
+    if not g.nodes or g.nodes[0].op != "input_norm":
+        return model
+    norm = g.nodes[0]
+    users = [n for n in g.nodes if norm.name in n.inputs]
+    conv = users[0] if len(users) == 1 else None
+    if conv is None or conv.op != "conv" or any(conv.attrs["pad"]) or conv.attrs.get("groups", 1) != 1 or g.output == norm.name:
+        return model
+    m = model.copy()
+    perm = norm.attrs["perm"]
+    scale = np.asarray(norm.attrs["scale"], np.float64)
+    shift = np.asarray(norm.attrs["shift"], np.float64)
+    w = model.weights[f"{conv.name}.weight"].astype(np.float64)
+    new_w = np.empty_like(w)
+    for c, src in enumerate(perm):
+        new_w[:, src] = w[:, c] * scale[c]
+    bias = model.weights.get(f"{conv.name}.bias")
+    b = (bias.astype(np.float64) if bias is not None else 0.0) + np.einsum("ochw,c->o", w, shift)
+    m.weights[f"{conv.name}.weight"] = new_w.astype(np.float32)
+    m.weights[f"{conv.name}.bias"] = np.asarray(b, np.float32)
+    mc = m.graph.node(conv.name)
+    mc.attrs["bias"] = True
+    mc.inputs = [g.input_name]
+    mc.source = mc.source + ["input convention (folded)"]
+    m.graph.nodes = m.graph.nodes[1:]
+    return m
+
+
+def class_permutation() -> np.ndarray:
+    """perm[senet_index] = index in the sorted-synset (ILSVRC2012) order."""
+    path = resources.files("senet_hub") / "data" / "senet_to_ilsvrc2012_sorted.csv"
+    pairs = [(int(a), int(b)) for a, b in csv.reader(path.read_text().splitlines()) if a.strip().isdigit()]
+    perm = np.full(len(pairs), -1, np.int64)
+    for s, t in pairs:
+        perm[s] = t
+    if sorted(perm.tolist()) != list(range(len(pairs))):
+        raise SenetHubError(f"{path}: not a bijection of 0..{len(pairs) - 1}")
+    return perm
+
+
+def set_class_order(model: Model, target: str) -> Model:
+    """Permute the classifier rows (and bias) so that output j is class j in `target` order."""
+    if target not in CLASS_ORDERS:
+        raise SenetHubError(f"unknown class order '{target}'; choose one of {', '.join(CLASS_ORDERS)}")
+    src = model.meta.get("class_order", "unknown")
+    if src == target:
+        return model
+    if src not in CLASS_ORDERS:
+        raise SenetHubError(f"{model.arch}: the model's class order is '{src}'; cannot convert it to '{target}'")
+    linears = [n for n in model.graph.nodes if n.op == "linear"]
+    if not linears or linears[-1].attrs["out_features"] != 1000:
+        raise SenetHubError(f"{model.arch}: no 1000-way classifier to reorder")
+    fc = linears[-1]
+    after = model.graph.nodes[model.graph.nodes.index(fc) + 1 :]
+    if any(n.op not in ("softmax", "dropout") for n in after):
+        raise SenetHubError(f"{model.arch}: the classifier '{fc.name}' is followed by {after[0].op}; cannot reorder classes exactly")
+    perm = class_permutation()  # senet -> sorted
+    new_from_old = np.argsort(perm) if target == "ilsvrc2012" else perm  # row j of the result = old row new_from_old[j]
+    m = model.copy()
+    for p in fc.param_names():
+        m.weights[f"{fc.name}.{p}"] = np.ascontiguousarray(model.weights[f"{fc.name}.{p}"][new_from_old])
+    m.meta["class_order"] = target
+    return m
