@@ -209,6 +209,8 @@ def verify(
     ckpt,
     arch,
     seed,
+    input_convention,
+    class_order,
     backends,
     input_path,
     batch,

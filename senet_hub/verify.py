@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, builders
+from .errors import SenetHubError
 from .graph import Model, infer_shapes
 
 DEFAULT_RTOL = 1e-3
@@ -220,8 +221,12 @@ def verify(
         t = time.perf_counter()
         mod = builders.get(b)
         versions[b] = mod.available() or "?"
-        native = mod.build(model, **build_opts.get(b, {}))
-        results[b] = mod.run(native, x, taps=True)
+        try:
+            native = mod.build(model, **build_opts.get(b, {}))
+            results[b] = mod.run(native, x, taps=True)
+        except SenetHubError as e:  # this backend cannot run this model: report it, run the others
+            report.errors[b] = str(e)
+            continue
         report.timings[b] = time.perf_counter() - t
     for n in model.graph.nodes:
         row = {"node": n.name, "source": list(n.source), "shape": list(shapes[n.name]), "results": {}}
