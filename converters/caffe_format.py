@@ -230,21 +230,7 @@ class _Wire:
         return out
 
 
-class _Arrays:
-    """Reads blob data straight from the file into fresh (aligned, writable) arrays."""
-
-    def __init__(self, f: Any, path: str):
-        self.f, self.path = f, path
-
-    def read(self, start: int, stop: int, dtype: str) -> np.ndarray:
-        arr = np.empty((stop - start) // np.dtype(dtype).itemsize, dtype=dtype)
-        self.f.seek(start)
-        if self.f.readinto(memoryview(arr).cast("B")) != arr.nbytes:
-            raise FormatError(f"{self.path}: file changed while reading; try again")
-        return arr
-
-
-def _blob(w: _Wire, arrays: _Arrays, start: int, end: int) -> np.ndarray:
+def _blob(w: _Wire, start: int, end: int) -> np.ndarray:
     legacy = {}
     shape: list[int] | None = None
     spans: list[tuple[int, int]] = []
@@ -268,69 +254,60 @@ def _blob(w: _Wire, arrays: _Arrays, start: int, end: int) -> np.ndarray:
         shape = [legacy.get(k, 1) for k in (1, 2, 3, 4)] if legacy else [count]
     if any(d < 0 for d in shape) or int(np.prod(shape, dtype=object)) != count:
         raise w.error(f"blob shape {shape} does not match its {count} values")
-    if len(use) == 1:
-        data = arrays.read(*use[0], dtype)
-    else:
-        data = np.concatenate([arrays.read(a, b, dtype) for a, b in use]) if use else np.zeros(0, dtype)
+    chunks = [np.frombuffer(w.buf[a:b], dtype=dtype) for a, b in use]
+    data = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.zeros(0, dtype)
     return data.astype(np.float32, copy=False).reshape(shape)
 
 
 def read_caffemodel(path: str | os.PathLike) -> dict[str, tuple[str, list[np.ndarray]]]:
     """{layer name: (layer type, [blobs])} for every layer that carries blobs.
 
-    The file is memory-mapped to walk the message headers; blob data is read from the file
-    straight into its final arrays, so peak memory is about the weights' size.
+    The file is memory-mapped and float blobs are read-only views on it: nothing is copied, so a
+    conversion streams weights from the page cache to its output and peak memory stays near the
+    file size. Views may be unaligned; code that computes with them copies what it needs.
     """
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                raise FormatError(f"{path}: empty file; re-download the caffemodel")
+            try:
+                buf: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):  # not mappable (a pipe, some file systems): read it
+                buf = f.read()
     except FileNotFoundError:
         raise InputFileError(f"{path}: caffemodel not found; check the path") from None
     except IsADirectoryError:
         raise InputFileError(f"{path}: is a directory, expected a caffemodel file") from None
     except OSError as e:
         raise InputFileError(f"{path}: cannot read caffemodel: {e.strerror or e}") from None
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            raise FormatError(f"{path}: empty file; re-download the caffemodel")
-        try:
-            mm: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):
-            mm = read_bytes(path, "caffemodel")
-        try:
-            return _read_net(memoryview(mm), _Arrays(f, str(path)), str(path))
-        finally:
-            if isinstance(mm, mmap.mmap):
-                mm.close()
+    return _read_net(memoryview(buf), str(path))
 
 
-def _read_net(mv: memoryview, arrays: _Arrays, path: str) -> dict[str, tuple[str, list[np.ndarray]]]:
+def _read_net(mv: memoryview, path: str) -> dict[str, tuple[str, list[np.ndarray]]]:
     w = _Wire(mv, path, "NetParameter")
     layers: dict[str, tuple[str, list[np.ndarray]]] = {}
     seen_layer = False
-    try:
-        for field, wt, val in w.fields(0, len(mv)):
-            if wt != 2 or field not in (2, 100):
-                continue
-            seen_layer = True
-            v1 = field == 2
-            name, ltype, blobs = None, "", []
-            w.what = "a layer"
-            for f2, wt2, v2 in w.fields(*val):
-                if wt2 == 2 and f2 == (4 if v1 else 1):
-                    name = w.string(v2)
-                    w.what = f"layer '{name}'"
-                elif f2 == (5 if v1 else 2):
-                    ltype = V1_TYPES.get(v2, str(v2)) if v1 and wt2 == 0 else w.string(v2) if wt2 == 2 else str(v2)
-                elif wt2 == 2 and f2 == (6 if v1 else 7):
-                    blobs.append(_blob(w, arrays, *v2))
-            w.what = "NetParameter"
-            if name is None:
-                raise w.error("a layer without a name")
-            if blobs:
-                layers[name] = (ltype, blobs)
-    finally:
-        mv.release()
+    for field, wt, val in w.fields(0, len(mv)):
+        if wt != 2 or field not in (2, 100):
+            continue
+        seen_layer = True
+        v1 = field == 2
+        name, ltype, blobs = None, "", []
+        w.what = "a layer"
+        for f2, wt2, v2 in w.fields(*val):
+            if wt2 == 2 and f2 == (4 if v1 else 1):
+                name = w.string(v2)
+                w.what = f"layer '{name}'"
+            elif f2 == (5 if v1 else 2):
+                ltype = V1_TYPES.get(v2, str(v2)) if v1 and wt2 == 0 else w.string(v2) if wt2 == 2 else str(v2)
+            elif wt2 == 2 and f2 == (6 if v1 else 7):
+                blobs.append(_blob(w, *v2))
+        w.what = "NetParameter"
+        if name is None:
+            raise w.error("a layer without a name")
+        if blobs:
+            layers[name] = (ltype, blobs)
     if not seen_layer:
         raise FormatError(f"{path}: no layers found: not a Caffe caffemodel (binary NetParameter)")
     return layers

@@ -22,9 +22,10 @@ def available() -> str | None:
     return np.__version__
 
 
-def build(model: Model, dtype: Any = np.float64) -> tuple[Model, Any]:
+def build(model: Model, dtype: Any = np.float64) -> tuple[Model, Any, dict[str, np.ndarray]]:
+    """Validate, and copy the weights once into aligned arrays of the compute dtype."""
     infer_shapes(model)
-    return (model, np.dtype(dtype))
+    return (model, np.dtype(dtype), {k: np.array(v, dtype=dtype) for k, v in model.weights.items()})
 
 
 def _windows(
@@ -130,9 +131,9 @@ def run_node(node: Node, ins: list[np.ndarray], p: dict[str, np.ndarray]) -> np.
     raise NotImplementedError(op)
 
 
-def run(native: tuple[Model, Any], x: np.ndarray, taps: bool = True) -> dict[str, np.ndarray]:
+def run(native: tuple[Model, Any, dict[str, np.ndarray]], x: np.ndarray, taps: bool = True) -> dict[str, np.ndarray]:
     """Run the model; return every node's output (taps) or just the graph output."""
-    model, dtype = native
+    model, dtype, weights = native
     g = model.graph
     vals = {g.input_name: np.asarray(x, dtype)}
     last_use = {}
@@ -141,7 +142,7 @@ def run(native: tuple[Model, Any], x: np.ndarray, taps: bool = True) -> dict[str
             last_use[v] = i
     out = {}
     for i, n in enumerate(g.nodes):
-        params = {p: model.weights[f"{n.name}.{p}"].astype(dtype, copy=False) for p in n.param_names()}
+        params = {p: weights[f"{n.name}.{p}"] for p in n.param_names()}
         y = run_node(n, [vals[v] for v in n.inputs], params)
         vals[n.name] = y
         if taps or n.name == g.output:

@@ -1,0 +1,114 @@
+"""Write a PyTorch state_dict file (.pth) without importing torch.
+
+`torch.save` on a dict of tensors writes a zip archive (stored, not compressed) holding
+`data.pkl` (a protocol-2 pickle that rebuilds each tensor with `torch._utils._rebuild_tensor_v2`
+from a persistent storage id), one `data/<key>` record per storage (aligned to 64 bytes), and
+`version` / `byteorder` records. Importing torch costs about a second; writing the archive
+ourselves streams the weights (often views on a memory-mapped caffemodel) straight to disk.
+`torch.load(path)` (weights_only or not) reads the result; a test checks it against torch.save.
+Timestamps are fixed, so the bytes depend only on the tensors.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Mapping
+from typing import BinaryIO
+
+import numpy as np
+
+ALIGN = 64
+_STORAGE = {np.dtype("float32"): "FloatStorage", np.dtype("float64"): "DoubleStorage", np.dtype("int64"): "LongStorage", np.dtype("float16"): "HalfStorage", np.dtype("int32"): "IntStorage", np.dtype("uint8"): "ByteStorage", np.dtype("bool"): "BoolStorage"}
+
+
+def _unicode(s: str) -> bytes:
+    b = s.encode("utf-8")
+    return b"X" + struct.pack("<I", len(b)) + b
+
+
+def _int(n: int) -> bytes:
+    if 0 <= n < 256:
+        return b"K" + bytes([n])
+    if 0 <= n < 65536:
+        return b"M" + struct.pack("<H", n)
+    if -(2**31) <= n < 2**31:
+        return b"J" + struct.pack("<i", n)
+    return b"\x8a\x08" + struct.pack("<q", n)  # LONG1, 8 bytes
+
+
+def _tuple(items: list[bytes]) -> bytes:
+    return b"(" + b"".join(items) + b"t"
+
+
+def _pickle(entries: list[tuple[str, str, str, tuple[int, ...]]]) -> bytes:
+    """entries: (key, storage class, storage key, shape) -> protocol-2 pickle of an OrderedDict."""
+    out = [b"\x80\x02", b"ccollections\nOrderedDict\n", b")R", b"("]
+    for key, storage, skey, shape in entries:
+        numel = int(np.prod(shape, dtype=np.int64))
+        strides, acc = [], 1
+        for d in reversed(shape):
+            strides.append(acc)
+            acc *= max(d, 1)
+        pid = _tuple([_unicode("storage"), f"ctorch\n{storage}\n".encode(), _unicode(skey), _unicode("cpu"), _int(numel)])
+        args = [pid + b"Q", _int(0), _tuple([_int(d) for d in shape]), _tuple([_int(s) for s in reversed(strides)]), b"\x89", b"ccollections\nOrderedDict\n)R"]
+        out += [_unicode(key), b"ctorch._utils\n_rebuild_tensor_v2\n", _tuple(args), b"R"]
+    out += [b"u", b"."]
+    return b"".join(out)
+
+
+class _ZipWriter:
+    """Minimal stored (uncompressed) zip writer with 64-byte aligned data, like torch's."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.pos, self.central = f, 0, []
+
+    def add(self, name: str, chunks: list[memoryview | bytes]) -> None:
+        fname = name.encode()
+        size, crc = 0, 0
+        for c in chunks:
+            crc = zlib.crc32(c, crc)
+            size += len(c) if isinstance(c, bytes) else c.nbytes
+        if size >= 0xFFFFFFFF:
+            raise ValueError(f"{name}: tensors over 4 GiB need zip64, not supported")
+        pad = (-(self.pos + 30 + len(fname) + 4)) % ALIGN
+        extra = struct.pack("<HH", 0x4246, pad) + b"Z" * pad  # "FB" padding field, as torch writes
+        header = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0x21, crc, size, size, len(fname), len(extra))
+        self.f.write(header + fname + extra)
+        for c in chunks:
+            self.f.write(c)
+        self.central.append((fname, crc, size, self.pos))
+        self.pos += len(header) + len(fname) + len(extra) + size
+
+    def close(self) -> None:
+        start = self.pos
+        for fname, crc, size, offset in self.central:
+            rec = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0x21, crc, size, size, len(fname), 0, 0, 0, 0, 0, offset)
+            self.f.write(rec + fname)
+            self.pos += len(rec) + len(fname)
+        n = len(self.central)
+        self.f.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, n, n, self.pos - start, start, 0))
+
+
+def write_state_dict(tensors: Mapping[str, np.ndarray], f: BinaryIO, archive: str = "archive") -> None:
+    """Write `tensors` (name -> numpy array, C order) as torch.save would write the dict of tensors."""
+    entries, records = [], []
+    for i, (key, arr) in enumerate(tensors.items()):
+        a = np.asarray(arr)
+        if a.dtype not in _STORAGE:
+            raise TypeError(f"{key}: dtype {a.dtype} has no torch storage type here")
+        if not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a)
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        entries.append((key, _STORAGE[a.dtype], str(i), tuple(int(d) for d in a.shape)))
+        records.append((f"{archive}/data/{i}", memoryview(a.reshape(-1)).cast("B") if a.size else b""))
+    z = _ZipWriter(f)
+    z.add(f"{archive}/data.pkl", [_pickle(entries)])
+    z.add(f"{archive}/.format_version", [b"1"])
+    z.add(f"{archive}/.storage_alignment", [b"64"])
+    z.add(f"{archive}/byteorder", [b"little"])
+    for name, data in records:
+        z.add(name, [data])
+    z.add(f"{archive}/version", [b"3\n"])
+    z.close()
