@@ -520,7 +520,9 @@ def load(prototxt: str | os.PathLike, caffemodel: str | os.PathLike, canonical: 
         "arch": "custom",
         "source_format": "caffe",
         "source_files": {"prototxt": os.path.basename(prototxt), "caffemodel": os.path.basename(caffemodel)},
-        "source_sha256": {"prototxt": sha256_file(prototxt), "caffemodel": sha256_file(caffemodel)},
+        # hashing 460 MB costs more than converting it: sources.ensure_hashes() fills
+        # "source_sha256" from these paths when an output records it
+        "source_paths": {"prototxt": os.path.abspath(prototxt), "caffemodel": os.path.abspath(caffemodel)},
         "input_convention": conv,
         "class_order": "unknown",
     }

@@ -45,9 +45,7 @@ def load_model(
             raise SenetHubError("--from caffe needs both --prototxt and --caffemodel")
         from .converters import caffe
 
-        model = caffe.load(prototxt, caffemodel)
-        model.meta["source_paths"] = {"prototxt": os.path.abspath(prototxt), "caffemodel": os.path.abspath(caffemodel)}
-        return model
+        return caffe.load(prototxt, caffemodel)
     if source == "mindspore":
         if not ckpt:
             raise SenetHubError(
@@ -65,6 +63,15 @@ def load_model(
     raise SenetHubError(f"unknown source '{source}'; choose one of {', '.join(SOURCES)}")
 
 
+def ensure_hashes(model: Model) -> Model:
+    """Fill meta["source_sha256"] from the source files (done only for outputs that record it)."""
+    if "source_sha256" not in model.meta and model.meta.get("source_paths"):
+        from .converters.caffe import sha256_file
+
+        model.meta["source_sha256"] = {k: sha256_file(p) for k, p in model.meta["source_paths"].items() if os.path.exists(p)}
+    return model
+
+
 def save_model(model: Model, target: str, path: str, **opts: Any) -> list[str]:
     """Write the model in the target's native format; returns the files written."""
     if target == "caffe":
@@ -79,6 +86,8 @@ def save_model(model: Model, target: str, path: str, **opts: Any) -> list[str]:
         raise SenetHubError(f"unknown target '{target}'; choose one of {', '.join(TARGETS)}")
     from . import builders
 
+    if target == "onnx":
+        ensure_hashes(model)
     mod = builders.get(TARGET_BACKEND[target])
     if not hasattr(mod, "save"):
         raise MissingFrameworkError(f"target '{target}' cannot write files in this version")

@@ -74,7 +74,7 @@ def set_input_convention(model: Model, target: str | dict, fold: bool = True) ->
             n.inputs = [name if i == g.input_name else i for i in n.inputs]
         g.nodes.insert(0, node)
     m.meta["input_convention"] = tgt
-    m.meta.pop("source_paths", None)  # no longer what the source files compute
+    m.meta["transforms"] = [*m.meta.get("transforms", []), f"input_convention:{target if isinstance(target, str) else 'custom'}"]
     if fold:
         m = fold_input_norm(m)
     infer_shapes(m)
@@ -145,5 +145,5 @@ def set_class_order(model: Model, target: str) -> Model:
     for p in fc.param_names():
         m.weights[f"{fc.name}.{p}"] = np.ascontiguousarray(model.weights[f"{fc.name}.{p}"][new_from_old])
     m.meta["class_order"] = target
-    m.meta.pop("source_paths", None)
+    m.meta["transforms"] = [*m.meta.get("transforms", []), f"class_order:{target}"]
     return m

@@ -88,7 +88,8 @@ def build(model: Model) -> OpenCVNet:
 
     src = model.meta.get("source_paths") or {}
     with tempfile.TemporaryDirectory(prefix="senet-hub-opencv-") as tmp:
-        if model.meta.get("source_format") == "caffe" and all(
+        untouched = model.meta.get("source_format") == "caffe" and not model.meta.get("transforms")
+        if untouched and all(
             os.path.exists(src.get(k, "")) for k in ("prototxt", "caffemodel")
         ):
             prototxt, caffemodel = src["prototxt"], src["caffemodel"]
