@@ -112,3 +112,45 @@ def write_state_dict(tensors: Mapping[str, np.ndarray], f: BinaryIO, archive: st
         z.add(name, [data])
     z.add(f"{archive}/version", [b"3\n"])
     z.close()
+
+
+def model_state_dict(model) -> dict[str, np.ndarray]:
+    """The state_dict torch would give for senet-hub's module of `model`, in the same key order.
+
+    Parameterised nodes are leaf modules at their dotted path; torch lists a module tree
+    depth-first with children in registration (graph) order; BatchNorm adds num_batches_tracked.
+    """
+    tree: dict = {}
+    for n in model.graph.nodes:
+        params = n.param_names()
+        if not params:
+            continue
+        node = tree
+        for part in n.name.split("."):
+            node = node.setdefault(part, {})
+        node[None] = n
+    out: dict[str, np.ndarray] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        n = node.get(None)
+        if n is not None:
+            for p in n.param_names():
+                out[f"{n.name}.{p}"] = np.asarray(model.weights[f"{n.name}.{p}"], np.float32)
+            if n.op == "batch_norm":
+                out[f"{n.name}.num_batches_tracked"] = np.zeros((), np.int64)
+        for k, child in node.items():
+            if k is not None:
+                walk(child, f"{prefix}{k}.")
+
+    walk(tree, "")
+    return out
+
+
+def save_model(model, path: str) -> list[str]:
+    """Write the model's state_dict as a .pth file, atomically, without importing torch."""
+    from .atomic import atomic_outputs
+
+    sd = model_state_dict(model)
+    with atomic_outputs([path]) as (tmp,), open(tmp, "wb") as f:
+        write_state_dict(sd, f)
+    return [path]

@@ -86,6 +86,10 @@ def save_model(model: Model, target: str, path: str, **opts: Any) -> list[str]:
         raise SenetHubError(f"unknown target '{target}'; choose one of {', '.join(TARGETS)}")
     from . import builders
 
+    if target == "pytorch" and path.endswith(".pth"):  # no torch import needed: see pth.py
+        from .pth import save_model as save_pth
+
+        return save_pth(model, path)
     if target == "onnx":
         ensure_hashes(model)
     mod = builders.get(TARGET_BACKEND[target])

@@ -1,0 +1,333 @@
+"""PyTorch builder (senet_hub.builders.torch): every op against the numpy reference, node by node;
+.pth / .pt2 / .pt files; canonical state_dict keys."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from senet_hub.builders import numpy_ref
+from senet_hub.errors import ModelError, OutputError
+from senet_hub.graph import Graph, Model, Node, expected_params, output_shape, pool_out, validate
+
+torch = pytest.importorskip("torch")
+tb = pytest.importorskip("senet_hub.builders.torch")
+
+RTOL = 1e-5
+
+
+def _conv(name, x, o, k, s=1, pad=(0, 0, 0, 0), groups=1, bias=True, dilation=(1, 1)):
+    return Node(
+        name,
+        "conv",
+        [x],
+        dict(out_channels=o, kernel=(k, k), stride=(s, s), pad=pad, dilation=dilation, groups=groups, bias=bias),
+    )
+
+
+def _pool(name, op, x, k, s, pad=(0, 0, 0, 0), ceil=False, **kw):
+    return Node(name, op, [x], dict(kernel=(k, k), stride=(s, s), pad=pad, ceil=ceil, **kw))
+
+
+def all_ops_graph(size: int = 112) -> Graph:
+    """A small SENet-like graph using every canonical op and every pooling corner case."""
+    nodes = [
+        Node(
+            "layer0.norm",
+            "input_norm",
+            ["data"],
+            dict(perm=[2, 1, 0], scale=[1 / 58, 1 / 57, 1 / 59], shift=[-1.7, -2.0, -2.1]),
+        ),
+        _conv("layer0.conv1", "layer0.norm", 8, 3, pad=(1, 1, 1, 1)),
+        Node("layer0.bn1", "batch_norm", ["layer0.conv1"], dict(eps=1e-5)),
+        Node("layer0.relu1", "relu", ["layer0.bn1"]),
+        _pool("layer0.pool", "max_pool", "layer0.relu1", 3, 2, ceil=True),  # Caffe ceil: 112 -> 56 (floor: 55)
+        # grouped strided conv with an asymmetric pad (MindSpore "same"): 56 -> 28
+        _conv("layer1.0.conv1", "layer0.pool", 8, 3, s=2, pad=(0, 0, 1, 1), groups=4, bias=False),
+        Node("layer1.0.bn1", "batch_norm", ["layer1.0.conv1"], dict(eps=1e-3)),
+        Node("layer1.0.relu1", "relu", ["layer1.0.bn1"]),
+        # SE-BN-Inception's padded avg pool 3x3 s1 p1 counting the padding
+        _pool("layer1.0.avg", "avg_pool", "layer1.0.relu1", 3, 1, pad=(1, 1, 1, 1), ceil=True, count_include_pad=True),
+        # SE with 1x1 convs: a is N x C x 1 x 1
+        Node("layer1.0.se_module.avg_pool", "global_avg_pool", ["layer1.0.avg"]),
+        _conv("layer1.0.se_module.fc1", "layer1.0.se_module.avg_pool", 4, 1),
+        Node("layer1.0.se_module.relu", "relu", ["layer1.0.se_module.fc1"]),
+        _conv("layer1.0.se_module.fc2", "layer1.0.se_module.relu", 8, 1),
+        Node("layer1.0.se_module.sigmoid", "sigmoid", ["layer1.0.se_module.fc2"]),
+        _conv("layer1.0.downsample.0", "layer0.pool", 8, 1, s=2, bias=False),
+        Node("layer1.0.axpy", "axpy", ["layer1.0.se_module.sigmoid", "layer1.0.avg", "layer1.0.downsample.0"]),
+        Node("layer1.0.relu", "relu", ["layer1.0.axpy"]),
+        # dilated conv, asymmetric pad on the other sides
+        _conv("layer1.1.conv", "layer1.0.relu", 8, 3, pad=(2, 1, 2, 3), dilation=(2, 2)),
+        # MindSpore-style max pool: pads (0, 0, 1, 1), floor: 28 -> 14
+        _pool("layer2.pool", "max_pool", "layer1.1.conv", 3, 2, pad=(0, 0, 1, 1)),
+        # SE with linear layers: a is N x C
+        Node("layer2.se.pool", "global_avg_pool", ["layer2.pool"]),
+        Node("layer2.se.flat", "flatten", ["layer2.se.pool"]),
+        Node("layer2.se.fc1", "linear", ["layer2.se.flat"], dict(out_features=16, bias=True)),
+        Node("layer2.se.relu", "relu", ["layer2.se.fc1"]),
+        Node("layer2.se.fc2", "linear", ["layer2.se.relu"], dict(out_features=8, bias=False)),
+        Node("layer2.se.sigmoid", "sigmoid", ["layer2.se.fc2"]),
+        Node("layer2.axpy", "axpy", ["layer2.se.sigmoid", "layer2.pool", "layer2.pool"]),
+        # SE-BN-Inception gating: s = reshape(sigmoid, [0, 0]) -> N x C, channel_scale
+        Node("layer2.gate.pool", "global_avg_pool", ["layer2.axpy"]),
+        _conv("layer2.gate.fc", "layer2.gate.pool", 8, 1),
+        Node("layer2.gate.sigmoid", "sigmoid", ["layer2.gate.fc"]),
+        Node("layer2.gate.reshape", "reshape", ["layer2.gate.sigmoid"], dict(shape=[0, 0])),
+        Node("layer2.gate.scale", "channel_scale", ["layer2.axpy", "layer2.gate.reshape"]),
+        # Caffe clip rule in H (14, k3 s2 p2 ceil -> 8) with pads over half the kernel (explicit path)
+        _pool("layer3.clip", "max_pool", "layer2.gate.scale", 3, 2, pad=(2, 1, 2, 1), ceil=True),
+        # avg pool, ceil adds a window, counting padding: 14 k3 s2 p0 -> 7 (floor: 6)
+        _pool("layer3.avg_ceil", "avg_pool", "layer2.gate.scale", 3, 2, ceil=True, count_include_pad=True),
+        # avg pool excluding padding (native), and asymmetric avg pools both ways (explicit path)
+        _pool("layer3.avg_ex", "avg_pool", "layer2.gate.scale", 3, 2, pad=(1, 1, 1, 1), count_include_pad=False),
+        _pool(
+            "layer3.avg_as_in",
+            "avg_pool",
+            "layer2.gate.scale",
+            3,
+            2,
+            pad=(0, 1, 2, 0),
+            ceil=True,
+            count_include_pad=True,
+        ),
+        _pool(
+            "layer3.avg_as_ex",
+            "avg_pool",
+            "layer2.gate.scale",
+            3,
+            2,
+            pad=(0, 1, 2, 0),
+            ceil=True,
+            count_include_pad=False,
+        ),
+        Node("layer3.add", "add", ["layer3.avg_ceil", "layer3.avg_ceil"]),
+        Node("layer3.concat", "concat", ["layer3.add", "layer3.avg_ex"], dict(axis=1)),
+        _pool("layer4.pool", "avg_pool", "layer3.concat", 7, 1, ceil=True, count_include_pad=True),
+        Node("layer4.flat", "flatten", ["layer4.pool"]),
+        Node("layer3.clip_pool", "global_avg_pool", ["layer3.clip"]),
+        Node("layer3.clip_flat", "reshape", ["layer3.clip_pool"], dict(shape=[0, -1])),
+        Node("layer3.as_pool", "global_avg_pool", ["layer3.avg_as_in"]),
+        Node("layer3.as_pool2", "global_avg_pool", ["layer3.avg_as_ex"]),
+        Node("layer3.as_add", "add", ["layer3.as_pool", "layer3.as_pool2"]),
+        Node("layer3.as_flat", "flatten", ["layer3.as_add"]),
+        Node("layer4.concat", "concat", ["layer4.flat", "layer3.clip_flat", "layer3.as_flat"], dict(axis=1)),
+        Node("layer4.dropout", "dropout", ["layer4.concat"], dict(ratio=0.2)),
+        Node("last_linear", "linear", ["layer4.dropout"], dict(out_features=10, bias=True)),
+        Node("prob", "softmax", ["last_linear"]),
+    ]
+    return Graph(nodes, "data", (1, 3, size, size), output="prob")
+
+
+def random_weights(g: Graph, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    weights: dict[str, np.ndarray] = {}
+    shapes = {g.input_name: tuple(g.input_shape)}
+    for n in g.nodes:
+        ins = [shapes[i] for i in n.inputs]
+        for p, shp in expected_params(n, ins).items():
+            if p == "running_var":
+                w = rng.uniform(0.5, 2.0, shp)
+            elif p == "weight" and n.op == "batch_norm":
+                w = rng.uniform(0.5, 1.5, shp)
+            elif p == "bias" and n.op in ("conv", "linear"):  # keeps ReLU outputs away from all-zero
+                w = rng.uniform(0.1, 0.5, shp)
+            else:
+                fan_in = int(np.prod(shp[1:])) if len(shp) > 1 else 1
+                w = rng.normal(0, 1 / np.sqrt(fan_in), shp)
+            weights[f"{n.name}.{p}"] = w.astype(np.float32)
+        shapes[n.name] = output_shape(n, ins)
+    return weights
+
+
+@pytest.fixture(scope="module")
+def model() -> Model:
+    g = all_ops_graph()
+    m = Model(g, random_weights(g, 0), {"arch": "test-all-ops"})
+    validate(m)
+    return m
+
+
+@pytest.fixture(scope="module")
+def module(model):
+    return tb.build(model)
+
+
+def _x(m: Model, batch: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (batch, *m.graph.input_shape[1:])).astype(np.float32)
+
+
+def _compare(ref: dict, got: dict, nodes) -> None:
+    bad = []
+    for n in nodes:
+        r, g = ref[n], got[n]
+        assert g.shape == r.shape, f"{n}: shape {g.shape} != {r.shape}"
+        err, scale = float(np.max(np.abs(g - r))), float(np.max(np.abs(r)))
+        if err > RTOL * max(scale, 1e-30):
+            bad.append(f"{n}: max|d| {err:.3g} > {RTOL} * {scale:.3g}")
+    assert not bad, "; ".join(bad)
+
+
+def test_interface():
+    assert tb.NAME == "torch" and tb.EXTRA == "torch"
+    assert tb.available() == torch.__version__
+    from senet_hub import builders
+
+    assert builders.get("pytorch") is tb
+
+
+def test_pool_cases_in_the_graph(model):
+    # the corner cases the test graph is meant to cover
+    assert pool_out(112, 3, 2, 0, 0, True) == 56 and pool_out(112, 3, 2, 0, 0, False) == 55
+    assert pool_out(28, 3, 2, 0, 1, False) == 14
+    assert pool_out(14, 3, 2, 2, 2, True) == 8
+    steps = {s.name: s for s in tb.build(model)._senet_steps}
+    assert steps["layer0.pool"].cfg["native"] and steps["layer1.0.avg"].cfg["native"]
+    assert not steps["layer2.pool"].cfg["native"] and not steps["layer3.clip"].cfg["native"]
+    assert not steps["layer3.avg_as_in"].cfg["native"]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_every_node_matches_reference(model, module, batch):
+    x = _x(model, batch)
+    ref = numpy_ref.run(numpy_ref.build(model, np.float64), x)
+    got = tb.run(module, x, taps=True)
+    assert list(got) == [n.name for n in model.graph.nodes]
+    assert all(v.dtype == np.float32 for v in got.values())
+    _compare(ref, got, got)
+    final = tb.run(module, x, taps=False)
+    assert list(final) == ["prob"]
+    np.testing.assert_array_equal(final["prob"], got["prob"])
+
+
+def test_module_structure(model, module):
+    assert not module.training
+    assert isinstance(module.get_submodule("layer0.conv1"), torch.nn.Conv2d)
+    assert module.get_submodule("layer1.0.conv1").groups == 4
+    bn = module.get_submodule("layer1.0.bn1")
+    assert isinstance(bn, torch.nn.BatchNorm2d) and bn.eps == 1e-3 and bn.momentum == 0.1
+    assert isinstance(module.get_submodule("last_linear"), torch.nn.Linear)
+    keys = set(module.state_dict())
+    canonical = set(model.weights)
+    assert canonical <= keys
+    assert keys - canonical == {k for k in keys if k.endswith(".num_batches_tracked")}
+    assert all(p.dtype == torch.float32 for p in module.parameters())
+    np.testing.assert_array_equal(
+        module.state_dict()["layer0.conv1.weight"].numpy(), model.weights["layer0.conv1.weight"]
+    )
+
+
+def test_conflicting_names_fail_clearly():
+    g = Graph([_conv("forward", "data", 4, 1)], "data", (1, 3, 8, 8))
+    m = Model(g, random_weights(g, 0))
+    with pytest.raises(ModelError, match="forward"):
+        tb.build(m)
+
+
+def test_pth_round_trip_strict(model, module, tmp_path):
+    p = tmp_path / "m.pth"
+    assert tb.save(model, p) == [str(p)]
+    assert not [f for f in os.listdir(tmp_path) if f != "m.pth"]  # no temporaries left
+    sd = torch.load(p, weights_only=True)
+    assert set(sd) == set(module.state_dict())
+    # into a fresh module built from the graph alone (random init), strict
+    fresh = tb.load_state_dict(model.graph, p)
+    x = _x(model, 1)
+    np.testing.assert_array_equal(tb.run(fresh, x, taps=False)["prob"], tb.run(module, x, taps=False)["prob"])
+    # plain torch strict load into the built module
+    module.load_state_dict(sd, strict=True)
+    # a state_dict missing a key is rejected with a one-line ModelError
+    del sd["last_linear.bias"]
+    bad = tmp_path / "bad.pth"
+    torch.save(sd, bad)
+    with pytest.raises(ModelError, match="last_linear.bias"):
+        tb.load_state_dict(model.graph, bad)
+
+
+def test_pth_is_byte_identical(model, tmp_path):
+    a, b = tmp_path / "a.pth", tmp_path / "b.pth"
+    tb.save(model, a)
+    tb.save(tb.build(model), b)
+    assert a.read_bytes() == b.read_bytes()
+    # the torch-free writer lists keys in the order torch's own state_dict() does
+    assert list(torch.load(a, weights_only=True)) == list(tb.build(model).state_dict())
+
+
+def test_pt2_reload_dynamic_batch(model, module, tmp_path):
+    p = tmp_path / "m.pt2"
+    tb.save(module, p)
+    loaded = torch.export.load(str(p)).module()
+    for batch in (1, 3):
+        x = _x(model, batch, seed=batch)
+        with torch.no_grad():
+            got = loaded(torch.from_numpy(x)).numpy()
+        want = tb.run(module, x, taps=False)["prob"]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_pt_torchscript(model, module, tmp_path):
+    p = tmp_path / "m.pt"
+    tb.save(module, p)
+    loaded = torch.jit.load(str(p))
+    x = _x(model, 3)
+    with torch.no_grad():
+        got = loaded(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, tb.run(module, x, taps=False)["prob"], rtol=1e-5, atol=1e-7)
+
+
+def test_output_errors(model, tmp_path):
+    with pytest.raises(OutputError, match=r"\.pth"):
+        tb.save(model, tmp_path / "m.onnx")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user who can write to read-only directories")
+        with pytest.raises(OutputError, match="not writable"):
+            tb.save(model, ro / "m.pth")
+        assert os.listdir(ro) == []
+    finally:
+        ro.chmod(0o755)
+    with pytest.raises(OutputError, match="does not exist"):
+        tb.save(model, tmp_path / "missing" / "m.pth")
+
+
+@pytest.mark.parametrize("name", ["m.pth", "m.pt2"])
+def test_unwritable_directory_simulated(model, tmp_path, monkeypatch, name):
+    # root ignores directory permissions: make the check and the final rename fail instead
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if os.fspath(p) == str(tmp_path) else real_access(p, mode))
+    with pytest.raises(OutputError, match="not writable"):
+        tb.save(model, tmp_path / name)
+    monkeypatch.setattr(os, "access", real_access)
+
+    def deny(src, dst):
+        raise PermissionError(13, "Permission denied", dst)
+
+    monkeypatch.setattr(os, "replace", deny)
+    with pytest.raises(OutputError, match="cannot write"):
+        tb.save(model, tmp_path / name)
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_export_leaves_nothing(model, tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch.export, "save", boom)
+    with pytest.raises(RuntimeError):
+        tb.save(model, tmp_path / "m.pt2")
+    assert os.listdir(tmp_path) == []
+
+
+def test_zoo_state_dict_keys():
+    zoo = pytest.importorskip("senet_hub.zoo")
+    m = zoo.synthetic_model("SE-ResNet-50")
+    keys = set(tb.SENetModule(m.graph).state_dict())
+    for k in ("layer0.conv1.weight", "layer1.0.se_module.fc1.weight", "last_linear.weight"):
+        assert k in keys
+    assert {k for k in keys if not k.endswith("num_batches_tracked")} == set(m.weights)
