@@ -1,0 +1,334 @@
+"""MXNet: an ``mx.sym`` graph walked from the canonical Model, run with the CPU executor.
+
+One symbol per canonical node, named exactly like the node (MXNet names may contain ``.``);
+helper symbols a node needs are named ``<node>/<what>``. Parameters follow MXNet's naming
+convention on the canonical node name: ``<node>_weight``, ``<node>_bias`` (conv, linear),
+``<node>_gamma``, ``<node>_beta``, ``<node>_moving_mean``, ``<node>_moving_var`` (batch norm;
+the last two are auxiliary states), ``<node>_scale``, ``<node>_shift`` (input_norm constants,
+shape 1 x C x 1 x 1).
+
+Op mapping, with every parameter whose MXNet default differs set explicitly:
+
+- conv -> Convolution (num_group = groups, pad when symmetric; asymmetric pads -> ``pad`` op first)
+- batch_norm -> BatchNorm(eps = attr, fix_gamma=False, use_global_stats=True, axis=1)
+- max_pool / avg_pool -> Pooling(pooling_convention 'full' for ceil, 'valid' for floor,
+  count_include_pad). MXNet's 'full' does not apply Caffe's clip rule: where it yields one more
+  window than graph.pool_out (the extra one starts in the end padding), a ``slice`` drops it.
+  Asymmetric pads: an explicit ``pad`` op (-inf for max, 0 for avg) and Pooling with pad 0; for avg
+  without count_include_pad the sum is divided by the pooled mask of real pixels.
+- global_avg_pool -> Pooling(global_pool=True, avg); axpy -> broadcast_mul(reshape(a, 0,0,1,1), x)
+  + y; channel_scale -> broadcast_mul; add -> elemwise add; concat -> Concat(dim = axis);
+  reshape -> Reshape (Caffe's 0 / -1 are MXNet's 0 / -1); flatten -> Flatten;
+  linear -> FullyConnected(flatten=True); softmax -> softmax(axis=1); dropout -> Dropout (identity
+  at inference); input_norm -> split + Concat (channel permutation) + broadcast_mul / _add.
+
+The clip-rule slice depends on the input's spatial size, so a symbol is built for one H x W
+(the model's ``graph.input_shape`` when saved; ``run`` rebuilds for other sizes). The batch size
+is free.
+
+``save(model, prefix)`` writes ``<prefix>-symbol.json`` and ``<prefix>-0000.params`` (keys
+``arg:<name>`` / ``aux:<name>``), loadable with MXNet alone::
+
+    net = mx.gluon.SymbolBlock.imports(prefix + "-symbol.json", ["data"], prefix + "-0000.params")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..compat import import_mxnet, version_of
+from ..graph import Model, infer_shapes, pool_out
+
+NAME = "mxnet"
+EXTRA = "mxnet"
+
+_BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_var"}
+_AUX = ("running_mean", "running_var")
+
+
+def available() -> str | None:
+    return version_of("mxnet")
+
+
+def param_name(node: str, op: str, param: str) -> str:
+    """The MXNet variable name of canonical parameter ``<node>.<param>``."""
+    return f"{node}_{_BN[param] if op == 'batch_norm' else param}"
+
+
+def _pads(a: dict) -> tuple[int, int, int, int]:
+    return tuple(int(p) for p in a.get("pad", (0, 0, 0, 0)))  # type: ignore[return-value]
+
+
+def _pool(mx: Any, x: Any, name: str, a: dict, is_max: bool, in_hw: tuple[int, int]) -> Any:
+    (kh, kw), (sh, sw) = a["kernel"], a["stride"]
+    pt, pl, pb, pr = _pads(a)
+    ceil = bool(a.get("ceil", False))
+    inc = bool(a.get("count_include_pad", True))
+    conv = "full" if ceil else "valid"
+    typ = "max" if is_max else "avg"
+    kw_ = dict(kernel=(kh, kw), stride=(sh, sw), pool_type=typ, pooling_convention=conv)
+    if not is_max:
+        kw_["count_include_pad"] = inc
+    h, w = in_hw
+    sym = (pt, pl) == (pb, pr)
+    eh, ew = (h + pt + pb, w + pl + pr)
+    # MXNet's own output size (its 'full' has no clip rule) vs the canonical one
+    mh = (-(-(eh - kh) // sh) if ceil else (eh - kh) // sh) + 1
+    mw = (-(-(ew - kw) // sw) if ceil else (ew - kw) // sw) + 1
+    ho, wo = pool_out(h, kh, sh, pt, pb, ceil), pool_out(w, kw, sw, pl, pr, ceil)
+    clip = (mh, mw) != (ho, wo)
+    divide = not sym and not is_max and not inc
+    pool_name = f"{name}/pool" if clip or divide else name
+    if sym:
+        y = mx.sym.Pooling(x, pad=(pt, pl), name=pool_name, **kw_)
+    else:
+        width = (0, 0, 0, 0, pt, pb, pl, pr)
+        fill = -np.inf if is_max else 0.0
+        xp = mx.sym.pad(x, mode="constant", constant_value=fill, pad_width=width, name=f"{name}/pad")
+        y = mx.sym.Pooling(xp, pad=(0, 0), name=pool_name, **kw_)
+        if divide:  # divide the window sums by the number of real pixels in them
+            ones = mx.sym.ones_like(x, name=f"{name}/ones")
+            mask = mx.sym.pad(ones, mode="constant", constant_value=0.0, pad_width=width, name=f"{name}/mask")
+            count = mx.sym.Pooling(mask, pad=(0, 0), name=f"{name}/count", **kw_)
+            y = mx.sym.broadcast_div(y, count, name=f"{name}/div" if clip else name)
+    if clip:  # drop the last window where it starts in the end padding (Caffe's clip rule)
+        y = mx.sym.slice(y, begin=(None, None, 0, 0), end=(None, None, ho, wo), name=name)
+    return y
+
+
+def _nc11(mx: Any, s: Any, name: str) -> Any:
+    return mx.sym.reshape(s, shape=(0, 0, 1, 1), name=name)
+
+
+def to_symbol(model: Model, input_shape: tuple[int, ...] | None = None) -> tuple[Any, dict[str, Any]]:
+    """(output symbol, {canonical node name: symbol}) for inputs of ``input_shape`` (H, W matter)."""
+    mx = import_mxnet()
+    g = model.graph
+    shapes = infer_shapes(model, tuple(input_shape or g.input_shape))
+    vals: dict[str, Any] = {g.input_name: mx.sym.Variable(g.input_name)}
+    for n in g.nodes:
+        a, op, name = n.attrs, n.op, n.name
+        ins = [vals[i] for i in n.inputs]
+        x = ins[0]
+
+        def var(p: str, _n: Any = n) -> Any:
+            return mx.sym.Variable(param_name(_n.name, _n.op, p))
+
+        if op == "conv":
+            pt, pl, pb, pr = _pads(a)
+            if (pt, pl) != (pb, pr):
+                x = mx.sym.pad(
+                    x, mode="constant", constant_value=0.0, pad_width=(0, 0, 0, 0, pt, pb, pl, pr), name=f"{name}/pad"
+                )
+                pt = pl = 0
+            has_bias = "bias" in n.param_names()
+            y = mx.sym.Convolution(
+                x,
+                weight=var("weight"),
+                bias=var("bias") if has_bias else None,
+                kernel=tuple(a["kernel"]),
+                stride=tuple(a["stride"]),
+                dilate=tuple(a.get("dilation", (1, 1))),
+                pad=(pt, pl),
+                num_filter=int(a["out_channels"]),
+                num_group=int(a.get("groups", 1)),
+                no_bias=not has_bias,
+                name=name,
+            )
+        elif op == "batch_norm":
+            y = mx.sym.BatchNorm(
+                x,
+                gamma=var("weight"),
+                beta=var("bias"),
+                moving_mean=var("running_mean"),
+                moving_var=var("running_var"),
+                eps=float(a["eps"]),
+                fix_gamma=False,
+                use_global_stats=True,
+                axis=1,
+                name=name,
+            )
+        elif op == "relu":
+            y = mx.sym.Activation(x, act_type="relu", name=name)
+        elif op == "sigmoid":
+            y = mx.sym.Activation(x, act_type="sigmoid", name=name)
+        elif op in ("max_pool", "avg_pool"):
+            y = _pool(mx, x, name, a, op == "max_pool", shapes[n.inputs[0]][2:4])
+        elif op == "global_avg_pool":
+            y = mx.sym.Pooling(x, kernel=(1, 1), global_pool=True, pool_type="avg", name=name)
+        elif op == "axpy":
+            ax = mx.sym.broadcast_mul(_nc11(mx, ins[0], f"{name}/a"), ins[1], name=f"{name}/ax")
+            y = mx.sym.elemwise_add(ax, ins[2], name=name)
+        elif op == "channel_scale":
+            y = mx.sym.broadcast_mul(x, _nc11(mx, ins[1], f"{name}/s"), name=name)
+        elif op == "add":
+            y = mx.sym.elemwise_add(x, ins[1], name=name)
+        elif op == "concat":
+            y = mx.sym.concat(*ins, dim=int(a.get("axis", 1)), name=name)
+        elif op == "reshape":
+            y = mx.sym.reshape(x, shape=tuple(int(d) for d in a["shape"]), name=name)
+        elif op == "flatten":
+            y = mx.sym.flatten(x, name=name)
+        elif op == "linear":
+            has_bias = "bias" in n.param_names()
+            y = mx.sym.FullyConnected(
+                x,
+                weight=var("weight"),
+                bias=var("bias") if has_bias else None,
+                num_hidden=int(a["out_features"]),
+                no_bias=not has_bias,
+                flatten=True,
+                name=name,
+            )
+        elif op == "softmax":
+            y = mx.sym.softmax(x, axis=1, name=name)
+        elif op == "dropout":
+            y = mx.sym.Dropout(x, p=float(a.get("ratio", 0.5)), name=name)
+        elif op == "input_norm":
+            perm = [int(p) for p in a["perm"]]
+            if perm != list(range(len(perm))):
+                parts = mx.sym.split(x, num_outputs=len(perm), axis=1, name=f"{name}/split")
+                x = mx.sym.concat(*[parts[p] for p in perm], dim=1, name=f"{name}/perm")
+            xs = mx.sym.broadcast_mul(x, var("scale"), name=f"{name}/mul")
+            y = mx.sym.broadcast_add(xs, var("shift"), name=name)
+        else:  # validated graphs only contain known ops
+            raise NotImplementedError(op)
+        vals[name] = y
+    return vals[g.output], {n.name: vals[n.name] for n in g.nodes}
+
+
+def params(model: Model) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(arg params, aux params) as float32 numpy arrays keyed by MXNet variable name."""
+    arg: dict[str, np.ndarray] = {}
+    aux: dict[str, np.ndarray] = {}
+    for n in model.graph.nodes:
+        for p in n.param_names():
+            target = aux if n.op == "batch_norm" and p in _AUX else arg
+            target[param_name(n.name, n.op, p)] = np.ascontiguousarray(model.param(n.name, p), np.float32)
+        if n.op == "input_norm":
+            for p in ("scale", "shift"):
+                arg[param_name(n.name, n.op, p)] = np.asarray(n.attrs[p], np.float32).reshape(1, -1, 1, 1)
+    return arg, aux
+
+
+@dataclass
+class MXNetModel:
+    """The symbol (for ``graph.input_shape``), its parameters on CPU, and cached executors."""
+
+    model: Model
+    symbol: Any
+    nodes: dict[str, Any]
+    arg_params: dict[str, Any]
+    aux_params: dict[str, Any]
+    _symbols: dict[tuple[int, int], tuple[Any, dict[str, Any]]] = field(default_factory=dict, repr=False)
+    _executors: dict[tuple, Any] = field(default_factory=dict, repr=False)
+
+    def symbols_for(self, hw: tuple[int, int]) -> tuple[Any, dict[str, Any]]:
+        if hw not in self._symbols:
+            g = self.model.graph
+            self._symbols[hw] = to_symbol(self.model, (1, g.input_shape[1], *hw))
+        return self._symbols[hw]
+
+    def executor(self, shape: tuple[int, ...], taps: bool) -> Any:
+        key = (shape, taps)
+        if key not in self._executors:
+            while len(self._executors) >= 4:  # bound the cache (one executor per input shape)
+                self._executors.pop(next(iter(self._executors)))
+            mx = import_mxnet()
+            out, nodes = self.symbols_for(tuple(shape[2:4]))
+            sym = mx.sym.Group(list(nodes.values())) if taps else out
+            args = {k: self.arg_params[k] for k in sym.list_arguments() if k != self.model.graph.input_name}
+            args[self.model.graph.input_name] = mx.nd.zeros(shape, ctx=mx.cpu())
+            aux = {k: self.aux_params[k] for k in sym.list_auxiliary_states()}
+            # MXNet's MKLDNN subgraph pass fuses conv + BN and fails on a Group that also outputs the
+            # fused-away values: bind the tap graph unfused (it is the layer-by-layer view anyway)
+            verbose = None if "MXNET_SUBGRAPH_VERBOSE" in os.environ else "0"  # no log line per bind
+            with _env("MXNET_SUBGRAPH_BACKEND", "NONE" if taps else None), _env("MXNET_SUBGRAPH_VERBOSE", verbose):
+                self._executors[key] = sym.bind(mx.cpu(), args=args, aux_states=aux, grad_req="null")
+        return self._executors[key]
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str | None) -> Iterator[None]:
+    """Set an environment variable for the duration of the block (None: leave it alone)."""
+    if value is None:
+        yield
+        return
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
+
+
+def build(model: Model) -> MXNetModel:
+    mx = import_mxnet()
+    out, nodes = to_symbol(model)
+    arg, aux = params(model)
+    g = model.graph
+    m = MXNetModel(
+        model,
+        out,
+        nodes,
+        {k: _nd(mx, v) for k, v in arg.items()},
+        {k: _nd(mx, v) for k, v in aux.items()},
+    )
+    m._symbols[tuple(g.input_shape[2:4])] = (out, nodes)
+    return m
+
+
+def run(native: MXNetModel, x: np.ndarray, taps: bool = True) -> dict[str, np.ndarray]:
+    """Run on CPU; every canonical node's output (taps) or only the graph output."""
+    mx = import_mxnet()
+    x = np.ascontiguousarray(x, np.float32)
+    exe = native.executor(tuple(x.shape), taps)
+    outs = exe.forward(is_train=False, **{native.model.graph.input_name: _nd(mx, x)})
+    names = [n.name for n in native.model.graph.nodes] if taps else [native.model.graph.output]
+    return {k: v.asnumpy() for k, v in zip(names, outs)}
+
+
+def _nd(mx: Any, a: np.ndarray) -> Any:
+    """float32 CPU NDArray copy of a numpy array (without mx.nd.array's deprecated scipy check)."""
+    out = mx.nd.empty(a.shape, ctx=mx.cpu(), dtype=np.float32)
+    out[:] = np.ascontiguousarray(a, np.float32)
+    return out
+
+
+def _prefix(path: str) -> str:
+    for suffix in ("-symbol.json", "-0000.params"):
+        if path.endswith(suffix):
+            return path[: -len(suffix)]
+    return path
+
+
+def save(model: Model, path: str | os.PathLike, epoch: int = 0, **_: Any) -> list[str]:
+    """Write ``<prefix>-symbol.json`` and ``<prefix>-%04d.params`` atomically; returns both paths."""
+    from ..atomic import atomic_outputs, check_writable
+
+    prefix = _prefix(os.fspath(path))
+    files = [f"{prefix}-symbol.json", f"{prefix}-{epoch:04d}.params"]
+    for f in files:
+        check_writable(f)
+    mx = import_mxnet()
+    sym, _ = to_symbol(model)
+    arg, aux = params(model)
+    data = {f"arg:{k}": _nd(mx, v) for k, v in arg.items()}
+    data.update({f"aux:{k}": _nd(mx, v) for k, v in aux.items()})
+    with atomic_outputs(files) as (tmp_sym, tmp_params):
+        with open(tmp_sym, "w", encoding="utf-8") as f:
+            f.write(sym.tojson())
+        try:
+            mx.nd.save(tmp_params, data)
+        except mx.base.MXNetError as e:  # report as an I/O failure: temporaries removed, OutputError raised
+            raise OSError(f"{files[1]}: {str(e).strip().splitlines()[0]}") from None
+    return files
