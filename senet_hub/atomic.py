@@ -60,9 +60,8 @@ def atomic_outputs(paths: list[str]) -> Iterator[list[str]]:
             else:
                 os.replace(t, p)
     except OSError as e:
-        raise OutputError(
-            f"{e.filename or paths[0]}: cannot write output: {e.strerror or e}; check the path and free space"
-        ) from None
+        name = paths[tmps.index(e.filename)] if e.filename in tmps else (e.filename or paths[0])
+        raise OutputError(f"{name}: cannot write output: {e.strerror or e}; check the path and free space") from None
     finally:
         for t in tmps:
             if os.path.exists(t):

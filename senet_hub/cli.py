@@ -86,13 +86,16 @@ def source_options(fn: Callable) -> Callable:
     return fn
 
 
-def _load(
-    source: str | None, prototxt: str | None, caffemodel: str | None, ckpt: str | None, arch: str | None, seed: int
-):
+def _load(source, prototxt, caffemodel, ckpt, arch, seed, input_convention="source", class_order="source"):
+    from . import transforms
     from .sources import load_model
 
     t = time.perf_counter()
     model = load_model(source, prototxt, caffemodel, ckpt, arch, seed)
+    if input_convention != "source":
+        model = transforms.set_input_convention(model, input_convention)
+    if class_order != "source":
+        model = transforms.set_class_order(model, class_order)
     _say(
         f"loaded {model.arch}: {len(model.graph.nodes)} nodes, {sum(v.size for v in model.weights.values()) / 1e6:.2f} M parameters ({time.perf_counter() - t:.2f} s)"
     )
@@ -430,6 +433,10 @@ def demo(outdir: str, arch: str) -> None:
         max_rows=None,
     )
 
+
+from . import cli_zoo  # noqa: E402
+
+cli_zoo.register(main)
 
 if __name__ == "__main__":
     main()

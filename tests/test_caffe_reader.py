@@ -100,11 +100,23 @@ def test_ceil_pool_clip_rule():
     assert pool_out(5, 2, 2, 1, 1, True) == 3  # ceil gives 4, window 4 would start at 6 >= 5 + 1
 
 
+V1_NET = """
+name: "tiny-v1"
+input: "data"
+input_dim: 1 input_dim: 3 input_dim: 9 input_dim: 9
+layers { name: "conv" type: CONVOLUTION bottom: "data" top: "conv"
+         convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 bias_term: false } }
+layers { name: "relu" type: RELU bottom: "conv" top: "conv" }
+layers { name: "pool" type: POOLING bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layers { name: "fc" type: INNER_PRODUCT bottom: "pool" top: "fc" inner_product_param { num_output: 5 } }
+layers { name: "prob" type: SOFTMAX bottom: "fc" top: "prob" }
+"""
+
+
 def test_legacy_formats(tmp_path):
     """V1 `layers` with enum types, legacy num/channels/height/width shapes, double_data, unpacked floats."""
     rng = np.random.default_rng(1)
     blobs = _weights(rng)
-    v1_text = TINY.replace('layer { name: "fc" type: "InnerProduct"', 'layers { name: "fc" type: INNER_PRODUCT')
 
     def legacy_blob(arr, double=False, unpacked=False):
         dims = (1,) * (4 - arr.ndim) + arr.shape
@@ -121,16 +133,12 @@ def test_legacy_formats(tmp_path):
         body = ld(4, name.encode()) + _varint(5 << 3) + _varint(enum)
         return ld(2, body + b"".join(ld(6, legacy_blob(a, **kw)) for a in arrs))
 
-    data = (
-        v1_layer("conv", 4, blobs["conv"], double=True)
-        + encode_layer("conv/bn", "BatchNorm", blobs["conv/bn"])
-        + encode_layer("conv/scale", "Scale", blobs["conv/scale"])
-        + v1_layer("fc", 14, blobs["fc"], unpacked=True)
-    )
-    p, w = _write(tmp_path, v1_text, None, data)
+    data = v1_layer("conv", 4, blobs["conv"], double=True) + v1_layer("fc", 14, blobs["fc"], unpacked=True)
+    p, w = _write(tmp_path, V1_NET, None, data)
     layers = read_caffemodel(w)
     assert layers["fc"][0] == "InnerProduct" and layers["fc"][1][0].shape == (1, 1, 5, 16)
     m = caffe.load(p, w)
+    assert [n.op for n in m.graph.nodes] == ["conv", "relu", "max_pool", "linear", "softmax"]
     np.testing.assert_array_equal(m.weights["fc.weight"], blobs["fc"][0])
     np.testing.assert_array_equal(m.weights["conv.weight"], blobs["conv"][0])
 
