@@ -33,9 +33,11 @@ needs_shared = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="session")
-def caffemodel(request):
-    """Factory: path of the seed-1 caffemodel that real Caffe's reference outputs were made with."""
-    cache = Path(request.config.cache.mkdir("senet-hub-caffemodels"))
+def caffemodel(request, tmp_path_factory):
+    """Factory: path of the seed-1 caffemodel that real Caffe's reference outputs were made with
+    (kept in pytest's cache between runs, so CI makes each file once)."""
+    cfg_cache = getattr(request.config, "cache", None)
+    cache = Path(cfg_cache.mkdir("senet-hub-caffemodels")) if cfg_cache else tmp_path_factory.mktemp("caffemodels")
 
     def make(arch: str) -> Path:
         if not MAKE_CAFFEMODEL.exists():

@@ -1,0 +1,234 @@
+"""CLI commands for the released models: download, cache ls|verify|rm, evaluate.
+
+``register(main)`` adds them to the ``senet-hub`` group. Only click and the standard library are
+imported here; pooch, PIL, torch and the rest load inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+
+def _say(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+_offline_opt = click.option(
+    "--offline",
+    is_flag=True,
+    default=None,
+    help="Never touch the network (also: SENET_HUB_OFFLINE=1); a missing file is an error saying where to place it.",
+)
+_progress_opt = click.option(
+    "--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal)."
+)
+
+
+@click.command()
+@click.argument("models", nargs=-1, required=True, metavar="MODEL...")
+@_offline_opt
+@_progress_opt
+@click.option("--json", "as_json", is_flag=True, help="Print {model: {role: path, sha256}} as JSON on stdout.")
+def download(models: tuple[str, ...], offline: bool | None, progress: bool | None, as_json: bool) -> None:
+    """Download released models' files into the cache, checksum-verified.
+
+    The cache is $SENET_HUB_HOME, else $XDG_CACHE_HOME/senet-hub (~/.cache/senet-hub).
+    """
+    from . import cache
+
+    out: dict[str, Any] = {}
+    for m in models:
+        files = cache.fetch_files(m, offline=offline, progress=progress)
+        out[m] = {r: {"path": str(v["path"]), "sha256": v["sha256"]} for r, v in files.items()}
+        if not as_json:
+            for r, v in files.items():
+                click.echo(f"{m} {r}: {v['path']}")
+    if as_json:
+        _emit_json(out)
+
+
+@click.group()
+def cache() -> None:
+    """Inspect, verify or clear the download cache."""
+
+
+@cache.command("ls")
+@click.argument("model", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def cache_ls(model: str | None, as_json: bool) -> None:
+    """Files of every model (or MODEL): cached or not, size, checksum kind."""
+    from . import cache as c
+
+    rows = c.ls(model)
+    if as_json:
+        _emit_json({"cache_dir": str(c.cache_dir()), "files": rows})
+        return
+    click.echo(f"cache: {c.cache_dir()}")
+    partial: set[str] = set()
+    for r in rows:
+        state = "cached" if r["cached"] else "-"
+        click.echo(
+            f"{r['model']:<20} {r['role']:<11} {state:<7} {_human(r['bytes']):>9}  {r['checksum']:<14} {r['file']}"
+        )
+        partial.update(r["partial_downloads"])
+    if partial:
+        click.echo(
+            f"{len(partial)} partial download(s) left by an interrupted run; `senet-hub cache rm MODEL` removes them"
+        )
+
+
+@cache.command("verify")
+@click.argument("model", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def cache_verify(model: str | None, as_json: bool) -> None:
+    """Re-hash cached files against the manifest (or the hash recorded at first download)."""
+    from . import cache as c
+    from .errors import ChecksumError
+
+    rows = c.verify_cache(model, log=_say)
+    bad = [r for r in rows if r["status"] in ("mismatch", "error")]
+    if as_json:
+        _emit_json({"cache_dir": str(c.cache_dir()), "files": rows, "ok": not bad})
+    else:
+        if not rows:
+            click.echo(f"nothing cached in {c.cache_dir()}" + (f" for {model}" if model else ""))
+        for r in rows:
+            click.echo(f"{r['model']:<20} {r['role']:<11} {r['status']:<9} {r.get('sha256') or r.get('error', '')}")
+    if bad:
+        first = bad[0].get("error", "")
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ChecksumError(f"{first}{more}")
+
+
+@cache.command("rm")
+@click.argument("model", required=False)
+@click.option("--all", "all_", is_flag=True, help="Remove the files of every model.")
+def cache_rm(model: str | None, all_: bool) -> None:
+    """Delete MODEL's cached files (with their recorded checksums and partial downloads)."""
+    from . import cache as c
+
+    if not model and not all_:
+        raise click.UsageError("give a MODEL, or --all to clear the files of every model")
+    if model and all_:
+        raise click.UsageError("give a MODEL or --all, not both")
+    removed = c.rm(model)
+    for p in removed:
+        _say(f"removed {p}")
+    if not removed:
+        _say("nothing to remove" + (f" for {model}" if model else ""))
+
+
+@click.command()
+@click.option("--model", "model_id", required=True, help="Released model id (see `senet-hub list`).")
+@click.option(
+    "--backend",
+    type=click.Choice(["torch", "numpy"]),
+    default="torch",
+    show_default=True,
+    help="Framework that runs the model.",
+)
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="ImageFolder, or flat folder of images with --labels.",
+)
+@click.option(
+    "--labels", type=click.Path(dir_okay=False), help="Label file: 'name label' per line (ImageNet-val layout)."
+)
+@click.option(
+    "--label-order",
+    type=click.Choice(["auto", "model", "senet", "ilsvrc2012"]),
+    default="auto",
+    show_default=True,
+    help="Class order of the labels; auto: ilsvrc2012 for 1000 WordNet-id folders, else the model's own.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images.")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Image decoding threads (default: CPUs, at most 8)."
+)
+@_offline_opt
+@_progress_opt
+@click.option(
+    "--synthetic-weights",
+    is_flag=True,
+    help="Use deterministic random weights instead of the released ones (checks the pipeline; accuracy is meaningless).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def evaluate(
+    model_id: str,
+    backend: str,
+    data: str,
+    labels: str | None,
+    label_order: str,
+    batch_size: int,
+    limit: int | None,
+    workers: int | None,
+    offline: bool | None,
+    progress: bool | None,
+    synthetic_weights: bool,
+    as_json: bool,
+) -> None:
+    """Top-1 / top-5 accuracy on an image folder with the model's own preprocessing.
+
+    \b
+    Resize shorter side 256 (bilinear), centre crop 224, the model's channel order and
+    normalization. Data-parallel under torchrun, e.g.
+      torchrun --nproc_per_node 4 -m senet_hub.cli evaluate --model SE-ResNet-50 --data DIR ...
+    """
+    from . import evaluate as ev
+
+    res = ev.run(
+        model_id,
+        data,
+        backend=backend,
+        labels=labels,
+        label_order=label_order,
+        batch_size=batch_size,
+        limit=limit,
+        workers=workers,
+        offline=offline,
+        progress=progress,
+        synthetic=synthetic_weights,
+    )
+    if res is None:  # not rank 0
+        return
+    if res.get("labelled_files_missing"):
+        _say(
+            f"{res['labelled_files_missing']} files named in {res['labels']} are not in {res['data']}; evaluated the rest"
+        )
+    _say(
+        f"evaluated {res['images']} images in {res['seconds']:.1f} s ({res['images_per_second'] or 0:.1f} img/s, {res['world_size']} process(es))"
+    )
+    if as_json:
+        _emit_json(res)
+    else:
+        click.echo(ev.format_report(res))
+
+
+def register(main: click.Group) -> None:
+    """Add download, cache and evaluate to the senet-hub group."""
+    for cmd in (download, cache, evaluate):
+        if cmd.name not in main.commands:
+            main.add_command(cmd)
+
+
+__all__ = ["cache", "download", "evaluate", "register"]
