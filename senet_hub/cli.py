@@ -61,44 +61,52 @@ def main(ctx: click.Context, debug: bool) -> None:
 main.epilog = "\b\nExit codes:\n" + "\n".join(f"  {k:>3}  {v}" for k, v in EXIT_CODES.items())
 
 
+SOURCE_OPTIONS = [
+    click.option("--from", "source", type=click.Choice(["caffe", "mindspore", "zoo"]), help="Input format (inferred from the files given)."),
+    click.option("--prototxt", type=click.Path(dir_okay=False), help="Caffe deploy prototxt."),
+    click.option("--caffemodel", type=click.Path(dir_okay=False), help="Caffe weights."),
+    click.option("--ckpt", type=click.Path(dir_okay=False), help="MindSpore checkpoint (.ckpt)."),
+    click.option("--model", "model_id", help="A released model id (`senet-hub list`): files come from the checksum-verified cache."),
+    click.option("--offline", is_flag=True, default=None, help="With --model: never touch the network (also SENET_HUB_OFFLINE=1)."),
+    click.option("--arch", help="Architecture id (`senet-hub list`); for --from zoo and MindSpore checkpoints."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed of synthetic weights (--from zoo)."),
+    click.option("--input-convention", type=click.Choice(["source", "caffe", "rgb01", "mindcv"]), default="source", show_default=True,
+                 help="Input the result takes; rgb01 = RGB in [0,1] normalized with ImageNet mean/std (Cadene/timm)."),
+    click.option("--class-order", type=click.Choice(["source", "senet", "ilsvrc2012"]), default="source", show_default=True,
+                 help="Order of the output classes; ilsvrc2012 = sorted WordNet ids (torchvision)."),
+]  # fmt: skip
+
+
 def source_options(fn: Callable) -> Callable:
-    opts = [
-        click.option(
-            "--from",
-            "source",
-            type=click.Choice(["caffe", "mindspore", "zoo"]),
-            help="Input format (inferred from the files given).",
-        ),
-        click.option("--prototxt", type=click.Path(dir_okay=False), help="Caffe deploy prototxt."),
-        click.option("--caffemodel", type=click.Path(dir_okay=False), help="Caffe weights."),
-        click.option("--ckpt", type=click.Path(dir_okay=False), help="MindSpore checkpoint (.ckpt)."),
-        click.option(
-            "--arch", help="Architecture id (see `senet-hub list`); for --from zoo and MindSpore checkpoints."
-        ),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of synthetic weights (--from zoo)."),
-        click.option("--input-convention", "input_convention", type=click.Choice(["source", "caffe", "rgb01", "mindcv"]), default="source", show_default=True,
-                     help="Input the converted model takes: rgb01 = RGB in [0,1] normalized with ImageNet mean/std (Cadene/timm style)."),
-        click.option("--class-order", "class_order", type=click.Choice(["source", "senet", "ilsvrc2012"]), default="source", show_default=True,
-                     help="Order of the output classes: ilsvrc2012 = sorted WordNet ids (torchvision style)."),
-    ]
-    for o in reversed(opts):
+    """The options that name a model; the command receives them as **src for _load."""
+    for o in reversed(SOURCE_OPTIONS):
         fn = o(fn)
     return fn
 
 
-def _load(source, prototxt, caffemodel, ckpt, arch, seed, input_convention="source", class_order="source"):
+def _load(
+    source=None, prototxt=None, caffemodel=None, ckpt=None, model_id=None, offline=None, arch=None, seed=0,
+    input_convention="source", class_order="source",
+):  # fmt: skip
+    """The model named by the source options, with the requested exact rewrites."""
     from . import transforms
     from .sources import load_model
 
     t = time.perf_counter()
-    model = load_model(source, prototxt, caffemodel, ckpt, arch, seed)
+    if model_id:
+        if source or prototxt or caffemodel or ckpt:
+            raise SenetHubError("--model takes its files from the cache: do not combine it with --from/--prototxt/--caffemodel/--ckpt")
+        from .cache import model_from_cache
+
+        model = model_from_cache(model_id, offline=offline)
+    else:
+        model = load_model(source, prototxt, caffemodel, ckpt, arch, seed)
     if input_convention != "source":
         model = transforms.set_input_convention(model, input_convention)
     if class_order != "source":
         model = transforms.set_class_order(model, class_order)
-    _say(
-        f"loaded {model.arch}: {len(model.graph.nodes)} nodes, {sum(v.size for v in model.weights.values()) / 1e6:.2f} M parameters ({time.perf_counter() - t:.2f} s)"
-    )
+    n_params = sum(v.size for v in model.weights.values()) / 1e6
+    _say(f"loaded {model.arch}: {len(model.graph.nodes)} nodes, {n_params:.2f} M parameters ({time.perf_counter() - t:.2f} s)")
     return model
 
 
@@ -106,37 +114,36 @@ def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def _size(path: str) -> str:
+    if os.path.isdir(path):
+        n = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    else:
+        n = os.path.getsize(path)
+    return f"{n / 1e6:.1f} MB"
+
+
+def _write_text(path: str, text: str) -> None:
+    from .atomic import atomic_outputs
+
+    with atomic_outputs([path]) as tmp, open(tmp[0], "w") as f:
+        f.write(text)
+
+
 @main.command()
 @source_options
-@click.option(
-    "--to",
-    "target",
-    required=True,
-    type=click.Choice(["pytorch", "onnx", "tensorflow", "mxnet", "chainer", "caffe", "mindspore"]),
-    help="Output format.",
-)
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    help="Output path (.pth/.pt2/.pt, .onnx, SavedModel dir or .keras, MXNet prefix, .npz, Caffe prefix, .ckpt).",
-)
+@click.option("--to", "target", required=True, type=click.Choice(["pytorch", "onnx", "tensorflow", "mxnet", "chainer", "caffe", "mindspore"]), help="Output format.")
+@click.option("-o", "--output", required=True, help="Output: .pth/.pt2/.pt, .onnx, SavedModel dir or .keras, MXNet prefix, .npz, Caffe prefix, .ckpt.")
 @click.option("--opset", type=int, default=None, help="ONNX opset (--to onnx).")
 @click.option("--inline", is_flag=True, help="ONNX: inline the Axpy function into standard ops.")
-@click.option(
-    "--layout",
-    type=click.Choice(["nhwc", "nchw"]),
-    default=None,
-    help="TensorFlow serving input layout (default nhwc).",
-)
+@click.option("--layout", type=click.Choice(["nhwc", "nchw"]), default=None, help="TensorFlow serving input layout (default nhwc).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
-def convert(source, prototxt, caffemodel, ckpt, arch, seed, input_convention, class_order, target, output, opset, inline, layout, as_json) -> None:
+def convert(target: str, output: str, opset: int | None, inline: bool, layout: str | None, as_json: bool, **src: Any) -> None:
     """Convert a model to another framework's native format."""
     from .atomic import check_writable
     from .sources import save_model
 
     check_writable(output)
-    model = _load(source, prototxt, caffemodel, ckpt, arch, seed, input_convention, class_order)
+    model = _load(**src)
     opts: dict[str, Any] = {}
     if target == "onnx":
         opts["inline"] = inline
@@ -154,26 +161,18 @@ def convert(source, prototxt, caffemodel, ckpt, arch, seed, input_convention, cl
         _emit_json({"arch": model.arch, "target": target, "files": files, "seconds": dt})
 
 
-def _size(path: str) -> str:
-    if os.path.isdir(path):
-        n = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
-    else:
-        n = os.path.getsize(path)
-    return f"{n / 1e6:.1f} MB"
-
-
 @main.command("export-onnx")
 @source_options
 @click.option("-o", "--output", required=True, help="Output .onnx file.")
-@click.option("--opset", type=int, default=None, help="ONNX opset version.")
+@click.option("--opset", type=int, default=None, help="ONNX opset version (13-21 tested; default 17).")
 @click.option("--inline", is_flag=True, help="Write plain standard ops (Axpy function inlined).")
-def export_onnx(source, prototxt, caffemodel, ckpt, arch, seed, input_convention, class_order, output, opset, inline) -> None:
+def export_onnx(output: str, opset: int | None, inline: bool, **src: Any) -> None:
     """Export ONNX with Axpy as a custom-domain op plus a function fallback."""
     from .atomic import check_writable
     from .sources import save_model
 
     check_writable(output)
-    model = _load(source, prototxt, caffemodel, ckpt, arch, seed, input_convention, class_order)
+    model = _load(**src)
     opts: dict[str, Any] = {"inline": inline}
     if opset:
         opts["opset"] = opset
@@ -183,47 +182,17 @@ def export_onnx(source, prototxt, caffemodel, ckpt, arch, seed, input_convention
 
 @main.command()
 @source_options
-@click.option(
-    "--backends",
-    default=None,
-    help=f"Comma-separated backends (default: {','.join(DEFAULT_BACKENDS)}, those installed).",
-)
-@click.option(
-    "--input", "input_path", type=click.Path(dir_okay=False), help="Input array (.npy, N x C x H x W float32)."
-)
+@click.option("--backends", default=None, help=f"Comma-separated backends (default: {','.join(DEFAULT_BACKENDS)}, those installed).")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False), help="Input array (.npy, N x C x H x W float32).")
 @click.option("--batch", type=int, default=2, show_default=True, help="Batch of the generated input.")
 @click.option("--input-seed", type=int, default=7, show_default=True, help="Seed of the generated input.")
-@click.option(
-    "--rtol", type=float, default=1e-3, show_default=True, help="Per-node tolerance: max|d| <= rtol * max|ref|."
-)
+@click.option("--rtol", type=float, default=1e-3, show_default=True, help="Per-node tolerance: max|d| <= rtol * max|ref|.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON ('-' for stdout).")
 @click.option("--markdown", "md_path", type=click.Path(dir_okay=False), help="Write the report as Markdown.")
-@click.option(
-    "--save-outputs",
-    "save_dir",
-    type=click.Path(file_okay=False),
-    help="Write each backend's final output as DIR/<backend>.npy.",
-)
+@click.option("--save-outputs", "save_dir", type=click.Path(file_okay=False), help="Write each backend's final output as DIR/<backend>.npy.")
 @click.option("--max-rows", type=int, default=None, help="Show only the first N nodes in the table.")
-def verify(
-    source,
-    prototxt,
-    caffemodel,
-    ckpt,
-    arch,
-    seed,
-    input_convention,
-    class_order,
-    backends,
-    input_path,
-    batch,
-    input_seed,
-    rtol,
-    json_path,
-    md_path,
-    save_dir,
-    max_rows,
-) -> None:
+def verify(backends: str | None, input_path: str | None, batch: int, input_seed: int, rtol: float, json_path: str | None,
+           md_path: str | None, save_dir: str | None, max_rows: int | None, **src: Any) -> None:  # fmt: skip
     """Run backends with taps on every node and compare them with the float64 numpy reference."""
     import numpy as np
 
@@ -239,7 +208,7 @@ def verify(
         skipped = [b for b in DEFAULT_BACKENDS if b not in names]
         if skipped:
             _say(f"not installed, skipped: {', '.join(skipped)}")
-    model = _load(source, prototxt, caffemodel, ckpt, arch, seed, input_convention, class_order)
+    model = _load(**src)
     if input_path:
         try:
             x = np.load(input_path)
@@ -247,10 +216,9 @@ def verify(
             raise InputFileError(f"{input_path}: input array not found") from None
         except (ValueError, OSError) as e:
             raise InputFileError(f"{input_path}: not a .npy array ({e})") from None
+        want = " x ".join(map(str, model.graph.input_shape[1:]))
         if x.ndim != 4 or x.shape[1:] != tuple(model.graph.input_shape[1:]):
-            raise InputFileError(
-                f"{input_path}: input shape {x.shape} does not fit the model's N x {' x '.join(map(str, model.graph.input_shape[1:]))}"
-            )
+            raise InputFileError(f"{input_path}: input shape {x.shape} does not fit the model's N x {want}")
     else:
         x = verify_mod.default_input(model, batch, input_seed)
     report = verify_mod.verify(model, names, x, rtol=rtol, progress=_say)
@@ -269,18 +237,9 @@ def verify(
             np.save(os.path.join(save_dir, f"{b}.npy"), out)
         np.save(os.path.join(save_dir, "input.npy"), x)
     if not report.passed:
-        raise ParityError(
-            f"parity failed for {model.arch}: "
-            + "; ".join(f"{b}: first divergent node {n}" for b, n in report.first_divergent.items() if n)
-            + ("; " + "; ".join(f"{b}: {e}" for b, e in report.errors.items()) if report.errors else "")
-        )
-
-
-def _write_text(path: str, text: str) -> None:
-    from .atomic import atomic_outputs
-
-    with atomic_outputs([path]) as tmp, open(tmp[0], "w") as f:
-        f.write(text)
+        where = [f"{b}: first divergent node {n}" for b, n in report.first_divergent.items() if n]
+        where += [f"{b}: {e}" for b, e in report.errors.items()]
+        raise ParityError(f"parity failed for {model.arch}: " + "; ".join(where))
 
 
 @functools.cache
@@ -293,36 +252,68 @@ def _installed(backend: str) -> bool:
     return probe is None or importlib.util.find_spec(probe) is not None
 
 
+def _model_rows() -> list[dict[str, Any]]:
+    """The released models (manifest) joined with their architectures (zoo) and cache state."""
+    from . import cache, manifest, zoo
+
+    rows = []
+    for entry in manifest.list_models():
+        acc = manifest.published_accuracy(entry)
+        size = sum(float(f.get("size_mb") or 0) for f in entry["files"].values() if isinstance(f, dict))
+        rows.append({
+            "id": entry["id"], "architecture": entry["architecture"], "source_format": entry["source_format"],
+            "size_mb": size, "top1": acc.get("top1"), "top5": acc.get("top5"),
+            "params": zoo.describe(entry["architecture"]).get("params"), "cached": cache.cached(entry["id"]),
+        })  # fmt: skip
+    return rows
+
+
 @main.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(as_json: bool) -> None:
-    """The architectures senet-hub knows."""
-    from . import zoo
-
-    rows = [zoo.describe(a) for a in zoo.list_archs()]
+    """The released models senet-hub knows: source, size, published accuracy, cached?"""
+    rows = _model_rows()
     if as_json:
         _emit_json(rows)
         return
+    click.echo(f"{'model':<20} {'source':<10} {'params':>8} {'size':>8} {'top-1':>6} {'top-5':>6}  cached")
     for r in rows:
-        params = r.get("params") or r.get("parameters") or 0
         click.echo(
-            f"{r.get('id', r.get('arch', '?')):<22} {r.get('family', ''):<18} {r.get('source_format', ''):<10} {params / 1e6:7.2f} M params"
+            f"{r['id']:<20} {r['source_format']:<10} {(r['params'] or 0) / 1e6:7.2f}M {r['size_mb']:6.0f}MB "
+            f"{r['top1']:6.2f} {r['top5']:6.2f}  {'yes' if r['cached'] else 'no'}"
         )
+    click.echo("top-1/top-5: published ImageNet-1k val accuracy in % (the Caffe release's error figures converted)")
 
 
 @main.command()
-@click.argument("arch")
+@click.argument("model_id")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def info(arch: str, as_json: bool) -> None:
-    """Details of one architecture."""
-    from . import zoo
+def info(model_id: str, as_json: bool) -> None:
+    """One model: architecture, files, checksums, input convention, class order, license, origin."""
+    from . import cache, manifest, zoo
 
-    d = zoo.describe(arch)
+    entry = manifest.get(model_id)
+    d = {
+        **entry,
+        "published_accuracy": manifest.published_accuracy(entry),
+        "architecture_details": zoo.describe(entry["architecture"]),
+        "cached": cache.cached(entry["id"]),
+    }
     if as_json:
         _emit_json(d)
         return
+
+    def show(k: str, v: Any, indent: int = 0) -> None:
+        pad = "  " * indent
+        if isinstance(v, dict):
+            click.echo(f"{pad}{k}:")
+            for k2, v2 in v.items():
+                show(str(k2), v2, indent + 1)
+        else:
+            click.echo(f"{pad}{k + ':':<24} {v}")
+
     for k, v in d.items():
-        click.echo(f"{k:<20} {v}")
+        show(k, v)
 
 
 @main.command()
@@ -380,61 +371,15 @@ def demo(outdir: str, arch: str) -> None:
     caffe_writer.write_caffemodel_for(zoo.synthetic_model(arch, seed=0), caffemodel)
     _say(f"[1/3] wrote {caffemodel} ({_size(caffemodel)})")
     ctx = click.get_current_context()
-    pth = os.path.join(outdir, f"{arch}.pth")
-    pt2 = os.path.join(outdir, f"{arch}.pt2")
-    _say("[2/3] senet-hub convert --from caffe --to pytorch")
-    ctx.invoke(
-        convert,
-        source="caffe",
-        prototxt=prototxt,
-        caffemodel=caffemodel,
-        ckpt=None,
-        arch=None,
-        seed=0,
-        target="pytorch",
-        output=pth,
-        opset=None,
-        inline=False,
-        layout=None,
-        as_json=False,
-    )
-    ctx.invoke(
-        convert,
-        source="caffe",
-        prototxt=prototxt,
-        caffemodel=caffemodel,
-        ckpt=None,
-        arch=None,
-        seed=0,
-        target="pytorch",
-        output=pt2,
-        opset=None,
-        inline=False,
-        layout=None,
-        as_json=False,
-    )
+    files = {"source": "caffe", "prototxt": prototxt, "caffemodel": caffemodel}
+    for suffix in (".pth", ".pt2"):
+        _say(f"[2/3] senet-hub convert --from caffe --to pytorch -o {arch}{suffix}")
+        ctx.invoke(convert, target="pytorch", output=os.path.join(outdir, arch + suffix), **files)
     _say("[3/3] senet-hub verify --backends numpy,torch,opencv")
-    ctx.invoke(
-        verify,
-        source="caffe",
-        prototxt=prototxt,
-        caffemodel=caffemodel,
-        ckpt=None,
-        arch=None,
-        seed=0,
-        backends=None,
-        input_path=None,
-        batch=2,
-        input_seed=7,
-        rtol=1e-3,
-        json_path=os.path.join(outdir, "verify.json"),
-        md_path=None,
-        save_dir=os.path.join(outdir, "outputs"),
-        max_rows=None,
-    )
+    ctx.invoke(verify, json_path=os.path.join(outdir, "verify.json"), save_dir=os.path.join(outdir, "outputs"), **files)
 
 
-from . import cli_zoo  # noqa: E402
+from . import cli_zoo  # noqa: E402  (registers download, cache, evaluate)
 
 cli_zoo.register(main)
 
