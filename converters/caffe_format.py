@@ -34,12 +34,18 @@ V1_TYPES = {
 V1_TYPE_NAMES = {v.upper(): v for v in V1_TYPES.values()} | {"SOFTMAXLOSS": "SoftmaxWithLoss"}
 
 MAX_DEPTH = 64  # nesting limit for text messages: deploy files need 4
+# Fuzzing limits (see tests/fuzzing.py). Parsed text costs tens of bytes of Python objects per
+# byte, so the file size is capped: the largest released deploy file (SENet-154) is 150 KB.
+MAX_PROTOTXT_BYTES = 16 << 20
+MAX_BLOB_AXES = 32  # Caffe's kMaxBlobAxes (and numpy's ndim limit)
 
 
-def read_bytes(path: str | os.PathLike, what: str) -> bytearray:
+def read_bytes(path: str | os.PathLike, what: str, limit: int | None = None) -> bytearray:
     """Read a whole file into a writable buffer (frombuffer views on it are then writable)."""
     try:
         size = os.path.getsize(path)
+        if limit is not None and size > limit:  # before allocating anything for it
+            raise FormatError(f"{path}: {size} bytes is too large for a {what} (limit {limit}); pass the deploy file")
         buf = bytearray(size)
         with open(path, "rb") as f:
             got = f.readinto(buf)
@@ -64,74 +70,83 @@ _TOKEN = re.compile(
 )
 
 
-def parse_prototxt(text: str, path: str = "<prototxt>") -> dict[str, list[Any]]:
-    """Protobuf text format -> nested dicts {field: [value, ...]}; scalars stay strings."""
-    toks: list[tuple[str, str, int]] = []
-    pos, line = 0, 1
-    while pos < len(text):
+def _tokens(text: str, path: str):
+    """(kind, value, line) tokens, produced lazily: a parse error (a nesting bomb, a stray brace)
+    stops the work there instead of after tokenising the whole file (fuzzing fix)."""
+    pos, line, n = 0, 1, len(text)
+    while pos < n:
         m = _TOKEN.match(text, pos)
         if not m:
             raise FormatError(f"{path}:{line}: cannot parse prototxt near {text[pos : pos + 20]!r}")
         if m.group(1):
-            toks.append(("str", Quoted(m.group(1)[1:-1]), line))
+            yield "str", Quoted(m.group(1)[1:-1]), line
         elif m.group(2):
-            toks.append(("sym", m.group(2), line))
+            yield "sym", m.group(2), line
         elif m.group(3):
-            toks.append(("word", m.group(3), line))
+            yield "word", m.group(3), line
         line += text.count("\n", pos, m.end())
         pos = m.end()
 
-    i = 0
+
+def parse_prototxt(text: str, path: str = "<prototxt>") -> dict[str, list[Any]]:
+    """Protobuf text format -> nested dicts {field: [value, ...]}; scalars stay strings."""
+    toks = _tokens(text, path)
+    cur: tuple[str, str, int] | None = next(toks, None)
+    last_line = 1
+
+    def advance() -> None:
+        nonlocal cur, last_line
+        if cur is not None:
+            last_line = cur[2]
+        cur = next(toks, None)
 
     def fail(msg: str) -> FormatError:
-        ln = toks[min(i, len(toks) - 1)][2] if toks else 1
-        return FormatError(f"{path}:{ln}: {msg}")
+        return FormatError(f"{path}:{cur[2] if cur is not None else last_line}: {msg}")
 
     def message(close: str | None, depth: int) -> dict[str, list[Any]]:
-        nonlocal i
         if depth > MAX_DEPTH:
             raise fail(f"messages nested deeper than {MAX_DEPTH}")
         out: dict[str, list[Any]] = {}
         while True:
-            if i >= len(toks):
+            if cur is None:
                 if close is None:
                     return out
                 raise fail(f"unexpected end of file: missing '{close}'")
-            kind, val, _ = toks[i]
+            kind, val, _ = cur
             if kind == "sym" and val == close:
                 return out
             if kind != "word":
                 raise fail(f"expected a field name, got {val!r}")
-            i += 1
-            if i < len(toks) and toks[i][:2] == ("sym", ":"):
-                i += 1
-            if i >= len(toks):
+            advance()
+            if cur is not None and cur[:2] == ("sym", ":"):
+                advance()
+            if cur is None:
                 raise fail(f"field '{val}' has no value")
-            k2, v2, _ = toks[i]
+            k2, v2, _ = cur
             if k2 == "sym" and v2 in "{<":
-                i += 1
+                advance()
                 out.setdefault(val, []).append(message("}" if v2 == "{" else ">", depth + 1))
-                i += 1
+                advance()
             elif k2 == "sym" and v2 == "[":
-                i += 1
-                while i < len(toks) and toks[i][:2] != ("sym", "]"):
-                    if toks[i][:2] != ("sym", ","):
-                        out.setdefault(val, []).append(toks[i][1])
-                    i += 1
-                if i >= len(toks):
+                advance()
+                while cur is not None and cur[:2] != ("sym", "]"):
+                    if cur[:2] != ("sym", ","):
+                        out.setdefault(val, []).append(cur[1])
+                    advance()
+                if cur is None:
                     raise fail(f"unclosed '[' in field '{val}'")
-                i += 1
+                advance()
             elif k2 == "sym":
                 raise fail(f"field '{val}': unexpected {v2!r}")
             else:
                 out.setdefault(val, []).append(v2)
-                i += 1
-            if i < len(toks) and toks[i][:2] in (("sym", ","), ("sym", ";")):
-                i += 1
+                advance()
+            if cur is not None and cur[:2] in (("sym", ","), ("sym", ";")):
+                advance()
 
     result = message(None, 0)
-    if i < len(toks):
-        raise fail(f"unexpected {toks[i][1]!r}")
+    if cur is not None:
+        raise fail(f"unexpected {cur[1]!r}")
     return result
 
 
@@ -152,7 +167,7 @@ def format_prototxt(msg: dict[str, list[Any]], indent: int = 0) -> str:
 
 
 def read_prototxt(path: str | os.PathLike) -> tuple[dict[str, list[Any]], str]:
-    raw = read_bytes(path, "prototxt")
+    raw = read_bytes(path, "prototxt", MAX_PROTOTXT_BYTES)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -222,41 +237,72 @@ class _Wire:
         except UnicodeDecodeError:
             raise self.error("invalid UTF-8 in a name") from None
 
-    def packed_ints(self, span: tuple[int, int]) -> list[int]:
+    def packed_ints(self, span: tuple[int, int], limit: int) -> list[int]:
         out, pos = [], span[0]
         while pos < span[1]:
             v, pos = self.varint(pos, span[1])
             out.append(v - (1 << 64) if v >= 1 << 63 else v)
+            if len(out) > limit:
+                raise self.error(f"more than {limit} values in a packed field")
         return out
+
+
+def show(name: str, limit: int = 80) -> str:
+    """A name read from a file, fit for a one-line message: control characters escaped, long names cut."""
+    if not name.isprintable():
+        name = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+    return name if len(name) <= limit else name[:limit] + "..."
 
 
 def _blob(w: _Wire, start: int, end: int) -> np.ndarray:
     legacy = {}
     shape: list[int] | None = None
-    spans: list[tuple[int, int]] = []
-    dspans: list[tuple[int, int]] = []
+    # float (5) / double (8) data: packed spans, or one value per field (old files). Counted first,
+    # then gathered into one array: no Python object per value (fuzzing fix: unpacked floats cost
+    # ~100 bytes each before, so a crafted or legacy file took ~20x its size and minutes).
+    spans: dict[int, list[tuple[int, int, int]]] = {5: [], 8: []}  # field -> [(start, stop, wire type)]
+    counts = {5: 0, 8: 0}
     for field, wt, val in w.fields(start, end):
         if field in (1, 2, 3, 4) and wt == 0:
             legacy[field] = val
         elif field == 7 and wt == 2:
             shape = []
             for f2, wt2, v2 in w.fields(*val):
-                if f2 == 1:
-                    shape.extend(w.packed_ints(v2) if wt2 == 2 else [v2])
+                if f2 != 1:
+                    continue
+                if wt2 == 2:
+                    shape.extend(w.packed_ints(v2, MAX_BLOB_AXES))
+                elif wt2 == 0:
+                    shape.append(v2 - (1 << 64) if v2 >= 1 << 63 else v2)
+                else:  # fuzzing fix: a fixed32/64 dim used to reach the shape check as a tuple
+                    raise w.error(f"BlobShape.dim has wire type {wt2}")
+                if len(shape) > MAX_BLOB_AXES:
+                    raise w.error(f"blob shape has more than {MAX_BLOB_AXES} axes")
         elif field in (5, 8) and wt in (2, 5, 1):  # float / double data, packed or one value per field
             size = 4 if field == 5 else 8
             if (val[1] - val[0]) % size:
                 raise w.error(f"packed {'float' if size == 4 else 'double'} data is not a multiple of {size} bytes")
-            (spans if field == 5 else dspans).append(val)
-    use, dtype = (spans, "<f4") if spans or not dspans else (dspans, "<f8")
-    count = sum(b - a for a, b in use) // np.dtype(dtype).itemsize
+            spans[field].append((val[0], val[1], wt))
+            counts[field] += (val[1] - val[0]) // size
+    field = 5 if spans[5] or not spans[8] else 8
+    dtype = np.dtype("<f4" if field == 5 else "<f8")
+    use, count = spans[field], counts[field]
     if shape is None:
         shape = [legacy.get(k, 1) for k in (1, 2, 3, 4)] if legacy else [count]
     if any(d < 0 for d in shape) or int(np.prod(shape, dtype=object)) != count:
         raise w.error(f"blob shape {shape} does not match its {count} values")
-    chunks = [np.frombuffer(w.buf[a:b], dtype=dtype) for a, b in use]
-    data = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.zeros(0, dtype)
-    return data.astype(np.float32, copy=False).reshape(shape)
+    if len(use) == 1:
+        data = np.frombuffer(w.buf[use[0][0] : use[0][1]], dtype=dtype)
+    else:
+        data, i = np.empty(count, dtype), 0
+        for a, b, _ in use:
+            n = (b - a) // dtype.itemsize
+            data[i : i + n] = np.frombuffer(w.buf[a:b], dtype=dtype)
+            i += n
+    try:
+        return data.astype(np.float32, copy=False).reshape(shape)
+    except (ValueError, OverflowError):  # e.g. [0, 2**63]: no values, but no array has that shape
+        raise w.error(f"blob shape {shape} is not a valid array shape") from None
 
 
 def read_caffemodel(path: str | os.PathLike) -> dict[str, tuple[str, list[np.ndarray]]]:
@@ -272,8 +318,16 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, tuple[str, list[np.nda
             if size == 0:
                 raise FormatError(f"{path}: empty file; re-download the caffemodel")
             try:
-                buf: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError):  # not mappable (a pipe, some file systems): read it
+                # MAP_POPULATE maps the whole file in one go: page faults one by one cost more
+                # than the conversion itself on small VMs
+                flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
+                buf: Any = mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
+            except (
+                OSError,
+                ValueError,
+                AttributeError,
+                TypeError,
+            ):  # not mappable (or no POSIX mmap) (a pipe, some file systems): read it
                 buf = f.read()
     except FileNotFoundError:
         raise InputFileError(f"{path}: caffemodel not found; check the path") from None
@@ -298,7 +352,7 @@ def _read_net(mv: memoryview, path: str) -> dict[str, tuple[str, list[np.ndarray
         for f2, wt2, v2 in w.fields(*val):
             if wt2 == 2 and f2 == (4 if v1 else 1):
                 name = w.string(v2)
-                w.what = f"layer '{name}'"
+                w.what = f"layer '{show(name)}'"  # a crafted name may hold newlines or escapes
             elif f2 == (5 if v1 else 2):
                 ltype = V1_TYPES.get(v2, str(v2)) if v1 and wt2 == 0 else w.string(v2) if wt2 == 2 else str(v2)
             elif wt2 == 2 and f2 == (6 if v1 else 7):
