@@ -106,6 +106,8 @@ def build(model: Model) -> OpenCVNet:
     net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
     net.enableFusion(False)  # per-layer outputs must be each layer's own, not a fused conv+bn+relu
+    if hasattr(net, "enableWinograd"):  # Winograd 3x3 convs drift past 1e-3 of scale in 150-layer nets
+        net.enableWinograd(False)
     return OpenCVNet(net, taps, model.graph.output)
 
 
