@@ -49,9 +49,8 @@ def main() -> None:
                 [sys.executable, str(TOOL), str(prototxt), "1", str(caffemodel)], check=True, capture_output=True
             )
         else:
-            from senet_hub.converters import caffe_writer
-
             from senet_hub import zoo
+            from senet_hub.converters import caffe_writer
 
             caffe_writer.write_caffemodel_for(zoo.synthetic_model(args.arch), caffemodel)
         size = caffemodel.stat().st_size

@@ -95,7 +95,9 @@ def _load(
     t = time.perf_counter()
     if model_id:
         if source or prototxt or caffemodel or ckpt:
-            raise SenetHubError("--model takes its files from the cache: do not combine it with --from/--prototxt/--caffemodel/--ckpt")
+            raise SenetHubError(
+                "--model takes its files from the cache: do not combine it with --from/--prototxt/--caffemodel/--ckpt"
+            )
         from .cache import model_from_cache
 
         model = model_from_cache(model_id, offline=offline)
@@ -106,7 +108,9 @@ def _load(
     if class_order != "source":
         model = transforms.set_class_order(model, class_order)
     n_params = sum(v.size for v in model.weights.values()) / 1e6
-    _say(f"loaded {model.arch}: {len(model.graph.nodes)} nodes, {n_params:.2f} M parameters ({time.perf_counter() - t:.2f} s)")
+    _say(
+        f"loaded {model.arch}: {len(model.graph.nodes)} nodes, {n_params:.2f} M parameters ({time.perf_counter() - t:.2f} s)"
+    )
     return model
 
 
@@ -131,13 +135,31 @@ def _write_text(path: str, text: str) -> None:
 
 @main.command()
 @source_options
-@click.option("--to", "target", required=True, type=click.Choice(["pytorch", "onnx", "tensorflow", "mxnet", "chainer", "caffe", "mindspore"]), help="Output format.")
-@click.option("-o", "--output", required=True, help="Output: .pth/.pt2/.pt, .onnx, SavedModel dir or .keras, MXNet prefix, .npz, Caffe prefix, .ckpt.")
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    type=click.Choice(["pytorch", "onnx", "tensorflow", "mxnet", "chainer", "caffe", "mindspore"]),
+    help="Output format.",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    help="Output: .pth/.pt2/.pt, .onnx, SavedModel dir or .keras, MXNet prefix, .npz, Caffe prefix, .ckpt.",
+)
 @click.option("--opset", type=int, default=None, help="ONNX opset (--to onnx).")
 @click.option("--inline", is_flag=True, help="ONNX: inline the Axpy function into standard ops.")
-@click.option("--layout", type=click.Choice(["nhwc", "nchw"]), default=None, help="TensorFlow serving input layout (default nhwc).")
+@click.option(
+    "--layout",
+    type=click.Choice(["nhwc", "nchw"]),
+    default=None,
+    help="TensorFlow serving input layout (default nhwc).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
-def convert(target: str, output: str, opset: int | None, inline: bool, layout: str | None, as_json: bool, **src: Any) -> None:
+def convert(
+    target: str, output: str, opset: int | None, inline: bool, layout: str | None, as_json: bool, **src: Any
+) -> None:
     """Convert a model to another framework's native format."""
     from .atomic import check_writable
     from .sources import save_model
@@ -182,14 +204,27 @@ def export_onnx(output: str, opset: int | None, inline: bool, **src: Any) -> Non
 
 @main.command()
 @source_options
-@click.option("--backends", default=None, help=f"Comma-separated backends (default: {','.join(DEFAULT_BACKENDS)}, those installed).")
-@click.option("--input", "input_path", type=click.Path(dir_okay=False), help="Input array (.npy, N x C x H x W float32).")
+@click.option(
+    "--backends",
+    default=None,
+    help=f"Comma-separated backends (default: {','.join(DEFAULT_BACKENDS)}, those installed).",
+)
+@click.option(
+    "--input", "input_path", type=click.Path(dir_okay=False), help="Input array (.npy, N x C x H x W float32)."
+)
 @click.option("--batch", type=int, default=2, show_default=True, help="Batch of the generated input.")
 @click.option("--input-seed", type=int, default=7, show_default=True, help="Seed of the generated input.")
-@click.option("--rtol", type=float, default=1e-3, show_default=True, help="Per-node tolerance: max|d| <= rtol * max|ref|.")
+@click.option(
+    "--rtol", type=float, default=1e-3, show_default=True, help="Per-node tolerance: max|d| <= rtol * max|ref|."
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON ('-' for stdout).")
 @click.option("--markdown", "md_path", type=click.Path(dir_okay=False), help="Write the report as Markdown.")
-@click.option("--save-outputs", "save_dir", type=click.Path(file_okay=False), help="Write each backend's final output as DIR/<backend>.npy.")
+@click.option(
+    "--save-outputs",
+    "save_dir",
+    type=click.Path(file_okay=False),
+    help="Write each backend's final output as DIR/<backend>.npy.",
+)
 @click.option("--max-rows", type=int, default=None, help="Show only the first N nodes in the table.")
 def verify(backends: str | None, input_path: str | None, batch: int, input_seed: int, rtol: float, json_path: str | None,
            md_path: str | None, save_dir: str | None, max_rows: int | None, **src: Any) -> None:  # fmt: skip

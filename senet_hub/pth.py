@@ -19,7 +19,15 @@ from typing import BinaryIO
 import numpy as np
 
 ALIGN = 64
-_STORAGE = {np.dtype("float32"): "FloatStorage", np.dtype("float64"): "DoubleStorage", np.dtype("int64"): "LongStorage", np.dtype("float16"): "HalfStorage", np.dtype("int32"): "IntStorage", np.dtype("uint8"): "ByteStorage", np.dtype("bool"): "BoolStorage"}
+_STORAGE = {
+    np.dtype("float32"): "FloatStorage",
+    np.dtype("float64"): "DoubleStorage",
+    np.dtype("int64"): "LongStorage",
+    np.dtype("float16"): "HalfStorage",
+    np.dtype("int32"): "IntStorage",
+    np.dtype("uint8"): "ByteStorage",
+    np.dtype("bool"): "BoolStorage",
+}
 
 
 def _unicode(s: str) -> bytes:
@@ -50,8 +58,17 @@ def _pickle(entries: list[tuple[str, str, str, tuple[int, ...]]]) -> bytes:
         for d in reversed(shape):
             strides.append(acc)
             acc *= max(d, 1)
-        pid = _tuple([_unicode("storage"), f"ctorch\n{storage}\n".encode(), _unicode(skey), _unicode("cpu"), _int(numel)])
-        args = [pid + b"Q", _int(0), _tuple([_int(d) for d in shape]), _tuple([_int(s) for s in reversed(strides)]), b"\x89", b"ccollections\nOrderedDict\n)R"]
+        pid = _tuple(
+            [_unicode("storage"), f"ctorch\n{storage}\n".encode(), _unicode(skey), _unicode("cpu"), _int(numel)]
+        )
+        args = [
+            pid + b"Q",
+            _int(0),
+            _tuple([_int(d) for d in shape]),
+            _tuple([_int(s) for s in reversed(strides)]),
+            b"\x89",
+            b"ccollections\nOrderedDict\n)R",
+        ]
         out += [_unicode(key), b"ctorch._utils\n_rebuild_tensor_v2\n", _tuple(args), b"R"]
     out += [b"u", b"."]
     return b"".join(out)
@@ -83,7 +100,26 @@ class _ZipWriter:
     def close(self) -> None:
         start = self.pos
         for fname, crc, size, offset in self.central:
-            rec = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0x21, crc, size, size, len(fname), 0, 0, 0, 0, 0, offset)
+            rec = struct.pack(
+                "<IHHHHHHIIIHHHHHII",
+                0x02014B50,
+                20,
+                20,
+                0,
+                0,
+                0,
+                0x21,
+                crc,
+                size,
+                size,
+                len(fname),
+                0,
+                0,
+                0,
+                0,
+                0,
+                offset,
+            )
             self.f.write(rec + fname)
             self.pos += len(rec) + len(fname)
         n = len(self.central)

@@ -68,7 +68,9 @@ def ensure_hashes(model: Model) -> Model:
     if "source_sha256" not in model.meta and model.meta.get("source_paths"):
         from .converters.caffe import sha256_file
 
-        model.meta["source_sha256"] = {k: sha256_file(p) for k, p in model.meta["source_paths"].items() if os.path.exists(p)}
+        model.meta["source_sha256"] = {
+            k: sha256_file(p) for k, p in model.meta["source_paths"].items() if os.path.exists(p)
+        }
     return model
 
 

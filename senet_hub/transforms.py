@@ -22,7 +22,12 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 CONVENTIONS: dict[str, dict] = {
     "caffe": {"channel_order": "BGR", "range": [0, 255], "mean": [104.0, 117.0, 123.0], "std": [1.0, 1.0, 1.0]},
     "rgb01": {"channel_order": "RGB", "range": [0, 1], "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
-    "mindcv": {"channel_order": "RGB", "range": [0, 255], "mean": [m * 255 for m in IMAGENET_MEAN], "std": [s * 255 for s in IMAGENET_STD]},
+    "mindcv": {
+        "channel_order": "RGB",
+        "range": [0, 255],
+        "mean": [m * 255 for m in IMAGENET_MEAN],
+        "std": [s * 255 for s in IMAGENET_STD],
+    },
 }
 CLASS_ORDERS = ("senet", "ilsvrc2012")
 
@@ -69,12 +74,17 @@ def set_input_convention(model: Model, target: str | dict, fold: bool = True) ->
         }
     else:
         name = "input_norm"
-        node = Node(name, "input_norm", [g.input_name], {"perm": perm, "scale": scale, "shift": shift}, ["input convention"])
+        node = Node(
+            name, "input_norm", [g.input_name], {"perm": perm, "scale": scale, "shift": shift}, ["input convention"]
+        )
         for n in g.nodes:
             n.inputs = [name if i == g.input_name else i for i in n.inputs]
         g.nodes.insert(0, node)
     m.meta["input_convention"] = tgt
-    m.meta["transforms"] = [*m.meta.get("transforms", []), f"input_convention:{target if isinstance(target, str) else 'custom'}"]
+    m.meta["transforms"] = [
+        *m.meta.get("transforms", []),
+        f"input_convention:{target if isinstance(target, str) else 'custom'}",
+    ]
     if fold:
         m = fold_input_norm(m)
     infer_shapes(m)
@@ -89,7 +99,13 @@ def fold_input_norm(model: Model) -> Model:
     norm = g.nodes[0]
     users = [n for n in g.nodes if norm.name in n.inputs]
     conv = users[0] if len(users) == 1 else None
-    if conv is None or conv.op != "conv" or any(conv.attrs["pad"]) or conv.attrs.get("groups", 1) != 1 or g.output == norm.name:
+    if (
+        conv is None
+        or conv.op != "conv"
+        or any(conv.attrs["pad"])
+        or conv.attrs.get("groups", 1) != 1
+        or g.output == norm.name
+    ):
         return model
     m = model.copy()
     perm = norm.attrs["perm"]
@@ -138,7 +154,9 @@ def set_class_order(model: Model, target: str) -> Model:
     fc = linears[-1]
     after = model.graph.nodes[model.graph.nodes.index(fc) + 1 :]
     if any(n.op not in ("softmax", "dropout") for n in after):
-        raise SenetHubError(f"{model.arch}: the classifier '{fc.name}' is followed by {after[0].op}; cannot reorder classes exactly")
+        raise SenetHubError(
+            f"{model.arch}: the classifier '{fc.name}' is followed by {after[0].op}; cannot reorder classes exactly"
+        )
     perm = class_permutation()  # senet -> sorted
     new_from_old = np.argsort(perm) if target == "ilsvrc2012" else perm  # row j of the result = old row new_from_old[j]
     m = model.copy()

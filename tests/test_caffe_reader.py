@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from senet_hub.converters import caffe, caffe_writer
-from senet_hub.converters.caffe_format import encode_layer, ld, parse_prototxt, read_caffemodel
 
 from senet_hub.builders import numpy_ref
+from senet_hub.converters import caffe, caffe_writer
+from senet_hub.converters.caffe_format import encode_layer, ld, parse_prototxt, read_caffemodel
 from senet_hub.errors import FormatError, ModelError, UnsupportedError
 
 TINY = """

@@ -11,9 +11,9 @@ import math
 import numpy as np
 import pytest
 from conftest import PROTOTXT_DIR, RELEASED, WITH_CAFFE_REFERENCE, load_caffe_reference, needs_shared
-from senet_hub.converters import caffe
 
 from senet_hub import builders
+from senet_hub.converters import caffe
 
 RTOL = 1e-3
 

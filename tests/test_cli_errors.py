@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from senet_hub.converters.caffe_format import encode_layer
 from test_caffe_reader import TINY, _weights
 
+from senet_hub.converters.caffe_format import encode_layer
 from senet_hub.errors import FormatError, InputFileError, ModelError, OutputError, UnsupportedError
 
 TYPES = {"conv": "Convolution", "conv/bn": "BatchNorm", "conv/scale": "Scale", "fc": "InnerProduct"}
@@ -137,9 +137,8 @@ def test_output_not_writable(tiny, tmp_path):
 
 def test_output_write_failure_leaves_nothing(tiny, tmp_path, monkeypatch):
     """A failure in the middle of writing (here: disk full) leaves no partial file and no temp file."""
-    from senet_hub.converters import caffe, caffe_format
-
     from senet_hub import sources
+    from senet_hub.converters import caffe, caffe_format
 
     p, w, _ = tiny
     model = caffe.load(p, w)

@@ -13,13 +13,30 @@ from senet_hub.graph import Graph, Model, Node, infer_shapes, pool_out, rename, 
 def _model():
     rng = np.random.default_rng(0)
     nodes = [
-        Node("c", "conv", ["data"], {"out_channels": 4, "kernel": (3, 3), "stride": (1, 1), "pad": (1, 1, 1, 1), "dilation": (1, 1), "groups": 2, "bias": True}),
+        Node(
+            "c",
+            "conv",
+            ["data"],
+            {
+                "out_channels": 4,
+                "kernel": (3, 3),
+                "stride": (1, 1),
+                "pad": (1, 1, 1, 1),
+                "dilation": (1, 1),
+                "groups": 2,
+                "bias": True,
+            },
+        ),
         Node("g", "global_avg_pool", ["c"]),
         Node("s", "sigmoid", ["g"]),
         Node("ax", "axpy", ["s", "c", "c"]),
         Node("fc", "linear", ["ax"], {"out_features": 3, "bias": False}),
     ]
-    w = {"c.weight": rng.normal(size=(4, 1, 3, 3)).astype(np.float32), "c.bias": rng.normal(size=4).astype(np.float32), "fc.weight": rng.normal(size=(3, 4 * 5 * 5)).astype(np.float32)}
+    w = {
+        "c.weight": rng.normal(size=(4, 1, 3, 3)).astype(np.float32),
+        "c.bias": rng.normal(size=4).astype(np.float32),
+        "fc.weight": rng.normal(size=(3, 4 * 5 * 5)).astype(np.float32),
+    }
     return Model(Graph(nodes, "data", (1, 2, 5, 5)), w)
 
 
@@ -29,7 +46,9 @@ def test_shapes_and_validation():
     assert shapes["ax"] == (1, 4, 5, 5) and shapes["fc"] == (1, 3)
     bad = m.copy()
     bad.weights["c.weight"] = np.zeros((4, 2, 3, 3), np.float32)
-    with pytest.raises(ModelError, match=r"node 'c' \(conv\): parameter 'weight' has shape \(4, 2, 3, 3\), expected \(4, 1, 3, 3\)"):
+    with pytest.raises(
+        ModelError, match=r"node 'c' \(conv\): parameter 'weight' has shape \(4, 2, 3, 3\), expected \(4, 1, 3, 3\)"
+    ):
         infer_shapes(bad)
     bad = m.copy()
     bad.graph.nodes[3].inputs = ["s", "c", "nowhere"]
@@ -60,7 +79,14 @@ def test_axpy_semantics_and_rename():
 
 @pytest.mark.parametrize(
     "size,k,s,p0,p1,ceil,expected",
-    [(112, 3, 2, 0, 0, True, 56), (112, 3, 2, 0, 0, False, 55), (7, 7, 1, 0, 0, True, 1), (112, 3, 2, 0, 1, False, 56), (5, 2, 2, 1, 1, True, 3), (28, 3, 1, 1, 1, True, 28)],
+    [
+        (112, 3, 2, 0, 0, True, 56),
+        (112, 3, 2, 0, 0, False, 55),
+        (7, 7, 1, 0, 0, True, 1),
+        (112, 3, 2, 0, 1, False, 56),
+        (5, 2, 2, 1, 1, True, 3),
+        (28, 3, 1, 1, 1, True, 28),
+    ],
 )
 def test_pool_out(size, k, s, p0, p1, ceil, expected):
     assert pool_out(size, k, s, p0, p1, ceil) == expected
@@ -68,7 +94,12 @@ def test_pool_out(size, k, s, p0, p1, ceil, expected):
 
 def test_avg_pool_counts_padding():
     x = np.ones((1, 1, 3, 3))
-    node = Node("p", "avg_pool", ["data"], {"kernel": (3, 3), "stride": (1, 1), "pad": (1, 1, 1, 1), "ceil": True, "count_include_pad": True})
+    node = Node(
+        "p",
+        "avg_pool",
+        ["data"],
+        {"kernel": (3, 3), "stride": (1, 1), "pad": (1, 1, 1, 1), "ceil": True, "count_include_pad": True},
+    )
     y = numpy_ref.run_node(node, [x], {})
     assert y[0, 0, 0, 0] == pytest.approx(4 / 9) and y[0, 0, 1, 1] == 1.0
     node.attrs["count_include_pad"] = False

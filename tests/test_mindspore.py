@@ -13,10 +13,10 @@ import stat
 
 import numpy as np
 import pytest
-from senet_hub.converters import mindspore as msc
 
 from senet_hub import zoo_mindcv
 from senet_hub.builders import numpy_ref
+from senet_hub.converters import mindspore as msc
 from senet_hub.errors import FormatError, InputFileError, ModelError, OutputError
 
 ARCHS = ["seresnet18", "seresnet34", "seresnet50", "seresnext26_32x4d", "seresnext50_32x4d"]

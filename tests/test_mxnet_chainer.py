@@ -447,10 +447,10 @@ def test_matches_real_caffe(backend, arch, caffemodel):
     """Every node against real Caffe's per-layer outputs (1e-3 of each layer's max |value|), same top-1."""
     _need(backend)
     from conftest import PROTOTXT_DIR, load_caffe_reference
-    from senet_hub.converters import caffe
     from test_caffe_reference import RTOL, check_against_caffe
 
     from senet_hub import builders
+    from senet_hub.converters import caffe
 
     ref = load_caffe_reference(arch)
     model = caffe.load(PROTOTXT_DIR / f"{arch}.prototxt", caffemodel(arch), canonical=zoo is not None)

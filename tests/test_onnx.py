@@ -420,8 +420,9 @@ def test_released_arch_matches_numpy(arch):
 )
 def test_matches_real_caffe(arch, inline, caffemodel):
     """Every node of the exported model in onnxruntime against real Caffe's outputs (shared refs)."""
-    from senet_hub.converters import caffe
     from test_caffe_reference import check_against_caffe
+
+    from senet_hub.converters import caffe
 
     ref = load_caffe_reference(arch)
     model = caffe.load(PROTOTXT_DIR / f"{arch}.prototxt", caffemodel(arch), canonical=_has_zoo())

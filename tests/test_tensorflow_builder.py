@@ -457,8 +457,9 @@ def test_matches_real_caffe(arch, caffemodel):
     """Every node against real Caffe's per-layer outputs (1e-3 of each layer's max |value|), same
     top-1. SE-BN-Inception keeps its Caffe layer names ('/' included), the others are canonical."""
     from conftest import PROTOTXT_DIR, load_caffe_reference
-    from senet_hub.converters import caffe
     from test_caffe_reference import RTOL, check_against_caffe
+
+    from senet_hub.converters import caffe
 
     ref = load_caffe_reference(arch)
     canonical = arch != "SE-BN-Inception" and zoo is not None

@@ -13,7 +13,15 @@ from senet_hub.transforms import CONVENTIONS, class_permutation, set_class_order
 
 def _model(pad: int, classes: int = 1000) -> Model:
     rng = np.random.default_rng(pad)
-    conv = {"out_channels": 8, "kernel": (3, 3), "stride": (2, 2), "pad": (pad,) * 4, "dilation": (1, 1), "groups": 1, "bias": False}
+    conv = {
+        "out_channels": 8,
+        "kernel": (3, 3),
+        "stride": (2, 2),
+        "pad": (pad,) * 4,
+        "dilation": (1, 1),
+        "groups": 1,
+        "bias": False,
+    }
     nodes = [
         Node("conv1", "conv", ["data"], conv),
         Node("relu", "relu", ["conv1"]),
@@ -21,7 +29,11 @@ def _model(pad: int, classes: int = 1000) -> Model:
         Node("fc", "linear", ["pool"], {"out_features": classes, "bias": True}),
         Node("prob", "softmax", ["fc"]),
     ]
-    w = {"conv1.weight": rng.normal(0, 0.02, (8, 3, 3, 3)).astype(np.float32), "fc.weight": rng.normal(size=(classes, 8)).astype(np.float32), "fc.bias": rng.normal(size=classes).astype(np.float32)}
+    w = {
+        "conv1.weight": rng.normal(0, 0.02, (8, 3, 3, 3)).astype(np.float32),
+        "fc.weight": rng.normal(size=(classes, 8)).astype(np.float32),
+        "fc.bias": rng.normal(size=classes).astype(np.float32),
+    }
     meta = {"arch": "tiny", "input_convention": dict(CONVENTIONS["caffe"], size=16), "class_order": "senet"}
     return Model(Graph(nodes, "data", (1, 3, 16, 16)), w, meta)
 
@@ -39,7 +51,10 @@ def test_rgb01_convention_is_exact(pad):
     assert folded == (pad == 0), "folding must happen exactly when the first conv pads nothing"
     rng = np.random.default_rng(5)
     x01 = rng.uniform(0, 1, (2, 3, 16, 16))
-    mean, std = np.array([0.485, 0.456, 0.406])[None, :, None, None], np.array([0.229, 0.224, 0.225])[None, :, None, None]
+    mean, std = (
+        np.array([0.485, 0.456, 0.406])[None, :, None, None],
+        np.array([0.229, 0.224, 0.225])[None, :, None, None],
+    )
     ref = numpy_ref.run(numpy_ref.build(m), _caffe_input_from_rgb01(x01))
     got = numpy_ref.run(numpy_ref.build(m2), (x01 - mean) / std)
     np.testing.assert_allclose(got["fc"], ref["fc"], rtol=0, atol=1e-6 * np.abs(ref["fc"]).max())  # float32 weights

@@ -89,9 +89,7 @@ def build(model: Model) -> OpenCVNet:
     src = model.meta.get("source_paths") or {}
     with tempfile.TemporaryDirectory(prefix="senet-hub-opencv-") as tmp:
         untouched = model.meta.get("source_format") == "caffe" and not model.meta.get("transforms")
-        if untouched and all(
-            os.path.exists(src.get(k, "")) for k in ("prototxt", "caffemodel")
-        ):
+        if untouched and all(os.path.exists(src.get(k, "")) for k in ("prototxt", "caffemodel")):
             prototxt, caffemodel = src["prototxt"], src["caffemodel"]
             taps = {n.name: n.source[-1] for n in model.graph.nodes if n.source}
         else:

@@ -321,7 +321,9 @@ def _load_weights(module: SENetModule, model: Model) -> None:
         for n in model.graph.nodes:
             for p in n.param_names():
                 key = f"{n.name}.{p}"
-                sd[key].copy_(torch.from_numpy(np.array(model.weights[key], dtype=np.float32)))  # a copy: weights may be read-only mmap views
+                sd[key].copy_(
+                    torch.from_numpy(np.array(model.weights[key], dtype=np.float32))
+                )  # a copy: weights may be read-only mmap views
 
 
 def run(native: SENetModule, x: np.ndarray, taps: bool = True) -> dict[str, np.ndarray]:
