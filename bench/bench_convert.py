@@ -55,24 +55,19 @@ def main() -> None:
             caffe_writer.write_caffemodel_for(zoo.synthetic_model(args.arch), caffemodel)
         size = caffemodel.stat().st_size
         exe = [sys.executable, "-m", "senet_hub.cli"]
-        cp = min(timed(["cp", str(caffemodel), str(work / "copy.bin")])[0] for _ in range(args.repeat))
-        runs = [
-            timed(
-                [
-                    *exe,
-                    "convert",
-                    "--prototxt",
-                    str(prototxt),
-                    "--caffemodel",
-                    str(caffemodel),
-                    "--to",
-                    args.to,
-                    "-o",
-                    str(work / f"out{args.suffix}"),
-                ]
-            )
-            for _ in range(args.repeat)
-        ]
+        copy, out = work / "copy.bin", work / f"out{args.suffix}"
+        convert = [*exe, "convert", "--prototxt", str(prototxt), "--caffemodel", str(caffemodel)]
+        convert += ["--to", args.to, "-o", str(out)]
+        cps, runs = [], []
+        for _ in range(args.repeat):  # interleaved, each writing a fresh file: both see the same machine state
+            for p in (copy, out):
+                if p.exists():
+                    p.unlink()
+            os.sync()
+            cps.append(timed(["cp", str(caffemodel), str(copy)])[0])
+            os.sync()
+            runs.append(timed(convert))
+        cp = min(cps)
         conv, rss = min(r[0] for r in runs), max(r[1] for r in runs)
         startup = min(timed([*exe, "--help"])[0] for _ in range(args.repeat))
         print(f"{args.arch}: caffemodel {size / 1e6:.0f} MB, best of {args.repeat}")

@@ -10,6 +10,7 @@ and renaming to canonical names is a separate step (``senet_hub.zoo.canonicalize
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from collections import Counter
@@ -47,6 +48,11 @@ class Layer:
         return v[0] if v and isinstance(v[0], dict) else {}
 
 
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:40] + "..."
+
+
 def _get(d: dict, key: str, default: Any = None, conv: Callable = str) -> Any:
     v = d.get(key)
     if not v:
@@ -54,7 +60,32 @@ def _get(d: dict, key: str, default: Any = None, conv: Callable = str) -> Any:
     try:
         return conv(v[0])
     except (TypeError, ValueError):
-        raise FormatError(f"bad value {v[0]!r} for '{key}'") from None
+        raise FormatError(f"bad value {_short(v[0])} for '{key}'") from None
+
+
+# Fuzzing fixes: values the handlers convert themselves go through these, so a bad token
+# (`dim: x`, `dim: 1.5`, `dim { }`, 5000 digits) is a FormatError naming the field.
+def _int(v: Any, key: str) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        raise FormatError(f"bad integer {_short(v)} for '{key}'") from None
+
+
+def _float(v: Any, key: str) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise FormatError(f"bad number {_short(v)} for '{key}'") from None
+
+
+def _dims(msgs: list[Any], key: str) -> list[int]:
+    """The dims of the first `shape { dim: ... }` message in msgs ([] when there is none)."""
+    if not msgs:
+        return []
+    if not isinstance(msgs[0], dict):
+        raise FormatError(f"'{key}' must be a message {{ dim: ... }}, got {_short(msgs[0])}")
+    return [_int(d, "dim") for d in msgs[0].get("dim", [])]
 
 
 def _bool(d: dict, key: str, default: bool) -> bool:
@@ -67,7 +98,7 @@ def _hw(d: dict, name: str, default: int) -> tuple[int, int]:
     key = "kernel_size" if name == "kernel" else name
     if f"{name}_h" in d or f"{name}_w" in d:
         return _get(d, f"{name}_h", default, int), _get(d, f"{name}_w", default, int)
-    vals = [int(v) for v in d.get(key, [])]
+    vals = [_int(v, key) for v in d.get(key, [])]
     return (vals[0], vals[-1]) if vals else (default, default)
 
 
@@ -82,8 +113,13 @@ class Context:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     uses: Counter = field(default_factory=Counter)
     input_name: str = ""
+    placeholder_channels: int = 0  # see _placeholder_blobs
 
     def src(self, layer: Layer, i: int = 0) -> str:
+        if i >= len(layer.bottoms):  # fuzzing fix: was an IndexError
+            raise ModelError(
+                f"{self.path}: layer '{layer.name}' ({layer.type}) needs {i + 1} bottom(s), has {len(layer.bottoms)}"
+            )
         blob = layer.bottoms[i]
         if blob not in self.producer:
             raise ModelError(f"{self.path}: layer '{layer.name}': bottom '{blob}' is not produced by any earlier layer")
@@ -108,8 +144,12 @@ class Context:
             self.weights[f"{node.name}.{p}"] = arr
         try:
             self.shapes[node.name] = output_shape(node, [self.shapes[i] for i in inputs])
-        except (ValueError, KeyError, IndexError, TypeError) as e:
+        except (ValueError, KeyError, IndexError, TypeError, ZeroDivisionError) as e:
             raise ModelError(f"{self.path}: layer '{layer.name}' ({layer.type}): {e}") from None
+        if any(d <= 0 for d in self.shapes[node.name]):  # fuzzing fix: as infer_shapes, but before handlers use it
+            raise ModelError(
+                f"{self.path}: layer '{layer.name}' ({layer.type}): output shape {self.shapes[node.name]} is empty"
+            )
         for i in inputs:
             self.uses[i] += 1
         self.nodes.append(node)
@@ -160,7 +200,9 @@ def _shaped(ctx: Context, layer: Layer, arr: np.ndarray, shape: tuple[int, ...],
 
 @handles("Input")
 def _input(ctx: Context, layer: Layer) -> None:
-    shape = [int(d) for d in layer.param("input_param").get("shape", [{}])[0].get("dim", [])]
+    shape = _dims(layer.param("input_param").get("shape", []), "input_param.shape")
+    if not layer.tops:
+        raise FormatError(f"{ctx.path}: input layer '{layer.name}' has no top")
     if len(shape) != 4:
         raise UnsupportedError(
             f"{ctx.path}: input '{layer.tops[0]}' has shape {shape}: only N x C x H x W inputs are supported"
@@ -209,8 +251,9 @@ def _batch_norm(ctx: Context, layer: Layer) -> None:
     # Caffe keeps running sums scaled by a moving-average factor s (third blob): divide it out.
     s = float(b[2].reshape(-1)[0]) if len(b) > 2 and b[2].size else 1.0
     inv = 0.0 if s == 0 else 1.0 / s
-    mean = _shaped(ctx, layer, b[0], (c,), "mean").astype(np.float32) * np.float32(inv)
-    var = _shaped(ctx, layer, b[1], (c,), "variance").astype(np.float32) * np.float32(inv)
+    with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are reported by name later
+        mean = _shaped(ctx, layer, b[0], (c,), "mean").astype(np.float32) * np.float32(inv)
+        var = _shaped(ctx, layer, b[1], (c,), "variance").astype(np.float32) * np.float32(inv)
     eps = _get(layer.param("batch_norm_param"), "eps", 1e-5, float)
     params = {
         "weight": np.ones(c, np.float32),
@@ -318,7 +361,7 @@ def _axpy(ctx: Context, layer: Layer) -> None:
 def _eltwise(ctx: Context, layer: Layer) -> None:
     p = layer.param("eltwise_param")
     op = str(_get(p, "operation", "SUM")).upper()
-    coeff = [float(c) for c in p.get("coeff", [])]
+    coeff = [_float(c, "coeff") for c in p.get("coeff", [])]
     if op not in ("SUM", "1") or len(layer.bottoms) != 2 or any(c != 1.0 for c in coeff):
         raise UnsupportedError(
             f"{ctx.path}: layer '{layer.name}': only Eltwise SUM of two inputs with unit coefficients is supported"
@@ -338,7 +381,7 @@ def _reshape(ctx: Context, layer: Layer) -> None:
     p = layer.param("reshape_param")
     if _get(p, "axis", 0, int) != 0 or _get(p, "num_axes", -1, int) != -1:
         raise UnsupportedError(f"{ctx.path}: layer '{layer.name}': Reshape with axis/num_axes is not supported")
-    dims = [int(d) for d in (p.get("shape") or [{}])[0].get("dim", [])]
+    dims = _dims(p.get("shape", []), "reshape_param.shape")
     ctx.emit(layer, "reshape", [ctx.src(layer)], {"shape": dims})
 
 
@@ -399,8 +442,11 @@ def net_layers(net: dict[str, list[Any]], path: str) -> list[Layer]:
     """TEST-phase layers in order, V1 `layers` and the legacy `input:` header included."""
     layers: list[Layer] = []
     if "input" in net:
-        dims = [int(d) for d in net.get("input_dim", [])]
-        shapes = [[int(d) for d in s.get("dim", [])] for s in net.get("input_shape", [])]
+        try:
+            dims = [_int(d, "input_dim") for d in net.get("input_dim", [])]
+            shapes = [_dims([s], "input_shape") for s in net.get("input_shape", [])]
+        except FormatError as e:
+            raise FormatError(f"{path}: {e}") from None
         for j, name in enumerate(net["input"]):
             shape = shapes[j] if j < len(shapes) else dims[4 * j : 4 * j + 4]
             layers.append(Layer(name, "Input", [], [name], {"input_param": [{"shape": [{"dim": shape}]}]}))
@@ -461,16 +507,22 @@ def build_graph(
         raise UnsupportedError(f"{path}: no input declared (Input layer or input/input_shape): pass a deploy prototxt")
     ctx = Context(path)
     for layer in layers:
-        if blobs is None:
-            layer.blobs = _placeholder_blobs(ctx, layer)
-        else:
-            layer.blobs = blobs[layer.name][1] if layer.name in blobs else None
         try:
+            if blobs is None:
+                layer.blobs = _placeholder_blobs(ctx, layer)
+            else:
+                layer.blobs = blobs[layer.name][1] if layer.name in blobs else None
             HANDLERS[layer.type](ctx, layer)
         except FormatError as e:
             if str(e).startswith(path):
                 raise
             raise FormatError(f"{path}: layer '{layer.name}': {e}") from None
+        except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError, OverflowError, AttributeError) as e:
+            # Fuzzing safety net: handlers interpret untrusted parameters; what they still trip over
+            # (a zero stride, an axis out of range, an impossible shape) is a bad model, said as one.
+            raise ModelError(
+                f"{path}: layer '{layer.name}' ({layer.type}): cannot use its parameters ({type(e).__name__}: {e})"
+            ) from None
     for n in ctx.nodes:
         n.attrs.pop("_affine_pending", None)
     if not ctx.nodes:
@@ -479,22 +531,41 @@ def build_graph(
     return graph, ctx.weights
 
 
+# Per-channel vectors a prototxt read without weights materialises (BatchNorm/Scale), in all:
+# SENet-154 needs about 0.3 M. Fuzzing fix: declared sizes alone used to allocate any amount.
+MAX_PLACEHOLDER_CHANNELS = 1 << 22
+
+
 def _placeholder_blobs(ctx: Context, layer: Layer) -> list[np.ndarray] | None:
-    """Zero blobs of the right shapes, for reading a prototxt without weights."""
+    """Blobs of the right shapes, for reading a prototxt without weights.
+
+    They are read-only zero-stride views (no memory whatever the declared shape); only the
+    per-channel vectors of BatchNorm/Scale get real arrays, within MAX_PLACEHOLDER_CHANNELS.
+    """
     if layer.type not in PARAM_LAYERS and not (layer.type == "Scale" and len(layer.bottoms) == 1):
         return None
     shape = ctx.shape(ctx.src(layer)) if layer.bottoms else ()
     c = shape[1] if len(shape) > 1 else 0
+
+    def const(value: float, *dims: int) -> np.ndarray:
+        return np.broadcast_to(np.float32(value), dims)
+
     if layer.type == "Convolution":
         p = layer.param("convolution_param")
         out, g = _get(p, "num_output", 0, int), _get(p, "group", 1, int)
-        return [np.zeros((out, c // max(g, 1), *_hw(p, "kernel", 1)), np.float32), np.zeros(out, np.float32)]
+        return [const(0, out, c // max(g, 1), *_hw(p, "kernel", 1)), const(0, out)]
     if layer.type == "InnerProduct":
         out = _get(layer.param("inner_product_param"), "num_output", 0, int)
-        return [np.zeros((out, int(np.prod(shape[1:]))), np.float32), np.zeros(out, np.float32)]
+        return [const(0, out, math.prod(shape[1:])), const(0, out)]
+    ctx.placeholder_channels += c
+    if ctx.placeholder_channels > MAX_PLACEHOLDER_CHANNELS:
+        raise ModelError(
+            f"{ctx.path}: layer '{layer.name}': more than {MAX_PLACEHOLDER_CHANNELS} channels in normalisation "
+            "layers: not a SENet deploy prototxt"
+        )
     if layer.type == "BatchNorm":
-        return [np.zeros(c, np.float32), np.ones(c, np.float32), np.ones(1, np.float32)]
-    return [np.ones(c, np.float32), np.zeros(c, np.float32)]
+        return [const(0, c), const(1, c), const(1, 1)]
+    return [const(1, c), const(0, c)]
 
 
 def load_prototxt(path: str | os.PathLike) -> Graph:
@@ -531,10 +602,33 @@ def load(prototxt: str | os.PathLike, caffemodel: str | os.PathLike, canonical: 
         validate(model)
     except ModelError as e:
         raise ModelError(f"{caffemodel}: {e} (does the caffemodel belong to {os.path.basename(prototxt)}?)") from None
+    written = _senet_hub_comments(text)  # metadata a senet-hub writer left in the prototxt
+    if "input_convention" in written:
+        model.meta["input_convention"] = written["input_convention"]
     if canonical:
         from senet_hub import zoo
 
         model = zoo.canonicalize(model)
         if model.arch != "custom":
             model.meta["class_order"] = "senet"
+    model.meta["class_order"] = written.get("class_order", model.meta["class_order"])
+    if model.arch == "custom" and written.get("arch"):
+        model.meta["written_from_arch"] = written["arch"]
     return model
+
+
+def _senet_hub_comments(text: str) -> dict:
+    import json
+
+    out: dict = {}
+    for m in re.finditer(r"^#\s*senet-hub (input_convention|class_order|arch):\s*(.+)$", text, re.M):
+        key, val = m.group(1), m.group(2).strip()
+        if key == "input_convention":
+            try:
+                val = json.loads(val)
+            except ValueError:
+                continue
+            if not isinstance(val, dict) or not {"channel_order", "range", "mean", "std"} <= set(val):
+                continue
+        out[key] = val
+    return out

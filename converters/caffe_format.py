@@ -36,8 +36,13 @@ V1_TYPE_NAMES = {v.upper(): v for v in V1_TYPES.values()} | {"SOFTMAXLOSS": "Sof
 MAX_DEPTH = 64  # nesting limit for text messages: deploy files need 4
 # Fuzzing limits (see tests/fuzzing.py). Parsed text costs tens of bytes of Python objects per
 # byte, so the file size is capped: the largest released deploy file (SENet-154) is 150 KB.
-MAX_PROTOTXT_BYTES = 16 << 20
+MAX_PROTOTXT_BYTES = 4 << 20
 MAX_BLOB_AXES = 32  # Caffe's kMaxBlobAxes (and numpy's ndim limit)
+# Crafted files of minimal records cost far more per byte than real ones (a blob: ~300 bytes of
+# Python objects and ~10 us; any field: ~1 us). Real models have a few thousand blobs (SENet-154:
+# ~2,600) and fields; these caps bound a crafted file to about a second and ~30 MB.
+MAX_BLOBS = 1 << 16
+MAX_FIELDS = 1 << 20  # fields of the net, its layers and blobs, not counting float values
 
 
 def read_bytes(path: str | os.PathLike, what: str, limit: int | None = None) -> bytearray:
@@ -65,8 +70,11 @@ class Quoted(str):
     """A string value that was quoted in the text (names) as opposed to an enum or number."""
 
 
+# Strings are written "unrolled" ([^"\\]* runs between escapes): `(?:[^"\\]|\\.)*` made the regex
+# engine keep ~150 bytes of backtracking state per character, so an unterminated 1 MB quote took
+# 150 MB (fuzzing fix).
 _TOKEN = re.compile(
-    r"""\s+|\#[^\n]*|("(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')|([{}:\[\],;<>])|([^\s{}:\[\],;<>#"']+)"""
+    r"""\s+|\#[^\n]*|("[^"\\\n]*(?:\\.[^"\\\n]*)*"|'[^'\\\n]*(?:\\.[^'\\\n]*)*')|([{}:\[\],;<>])|([^\s{}:\[\],;<>#"']+)"""
 )
 
 
@@ -179,10 +187,13 @@ def read_prototxt(path: str | os.PathLike) -> tuple[dict[str, list[Any]], str]:
 class _Wire:
     """Minimal protobuf wire-format cursor over a buffer; every length is checked before use."""
 
-    __slots__ = ("buf", "path", "what")
+    __slots__ = ("buf", "path", "what", "u8", "left")
 
     def __init__(self, buf: memoryview, path: str, what: str):
         self.buf, self.path, self.what = buf, path, what
+        self.left = MAX_FIELDS  # see spend()
+        # blobs are views of this one array: a slice of it costs less than a memoryview + array per blob
+        self.u8 = np.frombuffer(buf, np.uint8)
 
     def error(self, msg: str) -> FormatError:
         return FormatError(f"{self.path}: {msg} in {self.what} (truncated or not a caffemodel?); re-download the file")
@@ -231,6 +242,11 @@ class _Wire:
             else:
                 raise self.error(f"unsupported wire type {wt} for field {field}")
 
+    def spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise self.error(f"more than {MAX_FIELDS} fields")
+
     def string(self, span: tuple[int, int]) -> str:
         try:
             return bytes(self.buf[span[0] : span[1]]).decode("utf-8")
@@ -254,15 +270,20 @@ def show(name: str, limit: int = 80) -> str:
     return name if len(name) <= limit else name[:limit] + "..."
 
 
+_EMPTY = np.zeros(0, np.float32)
+_EMPTY.flags.writeable = False  # like every blob (views on a read-only map)
+
+
 def _blob(w: _Wire, start: int, end: int) -> np.ndarray:
     legacy = {}
     shape: list[int] | None = None
-    # float (5) / double (8) data: packed spans, or one value per field (old files). Counted first,
-    # then gathered into one array: no Python object per value (fuzzing fix: unpacked floats cost
-    # ~100 bytes each before, so a crafted or legacy file took ~20x its size and minutes).
-    spans: dict[int, list[tuple[int, int, int]]] = {5: [], 8: []}  # field -> [(start, stop, wire type)]
-    counts = {5: 0, 8: 0}
+    # float (5) / double (8) data: packed, or one value per field (old files). Only counted here,
+    # then gathered into one array: no Python object per value or per field (fuzzing fix: unpacked
+    # floats cost ~100 bytes each before, so a crafted or legacy file took ~20x its size).
+    counts, nfields, first = {5: 0, 8: 0}, {5: 0, 8: 0}, {5: (0, 0), 8: (0, 0)}
     for field, wt, val in w.fields(start, end):
+        if field not in (5, 8):  # one value per field is legal (old files): values are not counted
+            w.spend()
         if field in (1, 2, 3, 4) and wt == 0:
             legacy[field] = val
         elif field == 7 and wt == 2:
@@ -282,25 +303,33 @@ def _blob(w: _Wire, start: int, end: int) -> np.ndarray:
             size = 4 if field == 5 else 8
             if (val[1] - val[0]) % size:
                 raise w.error(f"packed {'float' if size == 4 else 'double'} data is not a multiple of {size} bytes")
-            spans[field].append((val[0], val[1], wt))
             counts[field] += (val[1] - val[0]) // size
-    field = 5 if spans[5] or not spans[8] else 8
+            nfields[field] += 1
+            if nfields[field] == 1:
+                first[field] = val
+    field = 5 if nfields[5] or not nfields[8] else 8
     dtype = np.dtype("<f4" if field == 5 else "<f8")
-    use, count = spans[field], counts[field]
+    count = counts[field]
     if shape is None:
         shape = [legacy.get(k, 1) for k in (1, 2, 3, 4)] if legacy else [count]
     if any(d < 0 for d in shape) or int(np.prod(shape, dtype=object)) != count:
         raise w.error(f"blob shape {shape} does not match its {count} values")
-    if len(use) == 1:
-        data = np.frombuffer(w.buf[use[0][0] : use[0][1]], dtype=dtype)
+    if count == 0 and shape == [0]:
+        return _EMPTY  # shared: a file of empty blob records costs ~4x its size, not ~60x
+    if nfields[field] <= 1:  # the usual case: a view on the file, nothing copied
+        a, b = first[field]
+        data = w.u8[a:b].view(dtype)
     else:
         data, i = np.empty(count, dtype), 0
-        for a, b, _ in use:
-            n = (b - a) // dtype.itemsize
-            data[i : i + n] = np.frombuffer(w.buf[a:b], dtype=dtype)
-            i += n
+        for f, wt, v in w.fields(start, end):
+            if f == field and wt in (2, 5, 1):
+                a, b = v
+                n = (b - a) // dtype.itemsize
+                data[i : i + n] = w.u8[a:b].view(dtype)
+                i += n
     try:
-        return data.astype(np.float32, copy=False).reshape(shape)
+        with np.errstate(over="ignore", invalid="ignore"):  # doubles past float32 become inf: reported later
+            return data.astype(np.float32, copy=False).reshape(shape)
     except (ValueError, OverflowError):  # e.g. [0, 2**63]: no values, but no array has that shape
         raise w.error(f"blob shape {shape} is not a valid array shape") from None
 
@@ -341,8 +370,9 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, tuple[str, list[np.nda
 def _read_net(mv: memoryview, path: str) -> dict[str, tuple[str, list[np.ndarray]]]:
     w = _Wire(mv, path, "NetParameter")
     layers: dict[str, tuple[str, list[np.ndarray]]] = {}
-    seen_layer = False
+    seen_layer, n_blobs = False, 0
     for field, wt, val in w.fields(0, len(mv)):
+        w.spend()
         if wt != 2 or field not in (2, 100):
             continue
         seen_layer = True
@@ -350,12 +380,16 @@ def _read_net(mv: memoryview, path: str) -> dict[str, tuple[str, list[np.ndarray
         name, ltype, blobs = None, "", []
         w.what = "a layer"
         for f2, wt2, v2 in w.fields(*val):
+            w.spend()
             if wt2 == 2 and f2 == (4 if v1 else 1):
                 name = w.string(v2)
                 w.what = f"layer '{show(name)}'"  # a crafted name may hold newlines or escapes
             elif f2 == (5 if v1 else 2):
                 ltype = V1_TYPES.get(v2, str(v2)) if v1 and wt2 == 0 else w.string(v2) if wt2 == 2 else str(v2)
             elif wt2 == 2 and f2 == (6 if v1 else 7):
+                n_blobs += 1
+                if n_blobs > MAX_BLOBS:
+                    raise w.error(f"more than {MAX_BLOBS} blobs")
                 blobs.append(_blob(w, *v2))
         w.what = "NetParameter"
         if name is None:

@@ -163,6 +163,22 @@ def _ceil_sizes(h: int, w: int, a: dict) -> tuple[int, int]:
     return (pool_out(h, kh, sh, 0, 0, True), pool_out(w, kw, sw, 0, 0, True))
 
 
+def header_comments(model: Model) -> str:
+    """Comment lines recording what Caffe has no field for (read back by caffe.load)."""
+    import json
+
+    lines = ["# written by senet-hub"]
+    conv = model.meta.get("input_convention")
+    if conv:
+        lines.append(f"# mean_value: {', '.join(f'{m:g}' for m in conv.get('mean', []))}")
+        lines.append(f"# senet-hub input_convention: {json.dumps(conv, sort_keys=True)}")
+    if model.meta.get("class_order"):
+        lines.append(f"# senet-hub class_order: {model.meta['class_order']}")
+    if model.meta.get("arch"):
+        lines.append(f"# senet-hub arch: {model.meta['arch']}")
+    return "\n".join(lines) + "\n"
+
+
 def caffemodel_bytes(records: list[tuple[str, str, list[np.ndarray]]], name: str = "") -> bytes:
     head = ld(1, name.encode()) if name else b""
     return head + b"".join(encode_layer(n, t, b) for n, t, b in records)
@@ -175,7 +191,7 @@ def save(model: Model, prefix: str | os.PathLike) -> list[str]:
         if prefix.endswith(ext):
             prefix = prefix[: -len(ext)]
     net, records = to_caffe(model)
-    text = format_prototxt(net)
+    text = header_comments(model) + format_prototxt(net)
     paths = [prefix + ".prototxt", prefix + ".caffemodel"]
     with atomic_outputs(paths) as tmp:
         with open(tmp[0], "w") as f:

@@ -269,8 +269,8 @@ def _parse_safetensors(buf: bytearray, path: str) -> dict[str, np.ndarray]:
         raise FormatError(f"{path}: safetensors header declares {n} bytes but the file has {len(buf) - 8}")
     try:
         header = json.loads(bytes(buf[8 : 8 + n]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(f"{path}: unreadable safetensors header: {e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as e:
+        raise FormatError(f"{path}: unreadable safetensors header: {str(e)[:200]}") from None
     if not isinstance(header, dict):
         raise FormatError(f"{path}: safetensors header is not a JSON object")
     data = memoryview(buf)[8 + n :]

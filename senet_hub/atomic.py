@@ -1,20 +1,41 @@
 """Atomic outputs: write to temporary names in the target directory, rename when complete.
 
-A crash or a kill mid-write leaves the previous file (or nothing) under the final name, never a
-partial one; temporaries are removed on any error.
+Guarantees (README "Atomic outputs"):
+
+* The final name never holds a partial file: it holds the previous file (or nothing) until the
+  complete new one is renamed over it (``os.replace``, atomic within a directory). A SavedModel
+  directory is replaced by renaming the old one aside, then the new one in.
+* Temporaries are ``.<final name>.senet-hub-tmp-<host>-<pid>-<random>`` in the same directory, so
+  concurrent writers never share one. Any error removes them. A process killed mid-write
+  (SIGKILL, power cut) cannot clean up: the next senet-hub run that writes into that directory
+  removes temporaries whose process no longer exists (``clean_stale_temps``).
+* Files are fsync'ed before the rename: after a crash the final name holds either the old or the
+  complete new content, not an empty file.
+* Outputs of several files (Caffe prototxt + caffemodel, MXNet symbol + params) are renamed back
+  to back after all are complete; a kill between two renames can pair a new file with an old one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
+import re
 import shutil
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 
 from .errors import OutputError
 
 TMP_MARK = ".senet-hub-tmp-"
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+# <host>-<pid>-<random>; the host part is missing in names written by older versions
+_TMP_RE = re.compile(re.escape(TMP_MARK) + r"(?:([0-9a-f]{6})-)?(\d+)-[0-9a-f]{8}$")
+FOREIGN_STALE_S = 24 * 3600  # temporaries of another host (shared folder) are left alone this long
+SLOW_WRITE_ENV = "SENET_HUB_TEST_SLOW_WRITE"  # tests: seconds to sleep between writing and renaming
 
 
 def check_writable(path: str | os.PathLike) -> None:
@@ -31,7 +52,7 @@ def check_writable(path: str | os.PathLike) -> None:
 
 def temp_name(path: str) -> str:
     d, base = os.path.split(os.path.abspath(path))
-    return os.path.join(d, f".{base}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    return os.path.join(d, f".{base}{TMP_MARK}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def _remove(p: str) -> None:
@@ -42,27 +63,126 @@ def _remove(p: str) -> None:
             os.unlink(p)
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists (another user's process)
+        return True
+    return True
+
+
+def clean_stale_temps(directory: str | os.PathLike) -> list[str]:
+    """Remove senet-hub temporaries in `directory` left by processes that no longer exist.
+
+    Only names senet-hub makes are touched (``.<name>.senet-hub-tmp-<host>-<pid>-<8 hex>``), and
+    only when their process is gone (this host), or when they are a day old (another host's, on a
+    shared folder). A live writer's temporaries are never removed. Returns what was removed.
+    """
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        m = _TMP_RE.search(name) if name.startswith(".") else None
+        if not m:
+            continue
+        p = os.path.join(directory, name)
+        host, pid = m.group(1), int(m.group(2))
+        if host in (None, _HOST):
+            if _pid_alive(pid):
+                continue
+        else:
+            try:
+                if now - os.lstat(p).st_mtime < FOREIGN_STALE_S:
+                    continue
+            except OSError:
+                continue
+        try:
+            _remove(p)
+        except OSError:  # not ours to remove after all (permissions): leave it
+            continue
+        removed.append(p)
+    return removed
+
+
+def _fsync(p: str) -> None:
+    paths = [os.path.join(d, f) for d, _, fs in os.walk(p) for f in fs] + [p] if os.path.isdir(p) else [p]
+    for q in paths:
+        if os.path.islink(q):
+            continue
+        fd = os.open(q, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_dir(d: str) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a directory be fsync'ed
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _replace_dir(t: str, p: str) -> None:
+    """Rename directory t to p, replacing an existing p; concurrent writers of p may race."""
+    olds = []
+    try:
+        for _ in range(20):
+            try:
+                os.rename(t, p)  # succeeds when p is absent (or an empty directory)
+                return
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
+                    raise
+            old = temp_name(p)
+            try:
+                os.rename(p, old)  # aside; another writer may have done it first
+                olds.append(old)
+            except FileNotFoundError:
+                pass
+        os.rename(t, p)  # give up racing: raises the real error
+    finally:
+        for old in olds:
+            _remove(old)
+
+
 @contextlib.contextmanager
 def atomic_outputs(paths: list[str]) -> Iterator[list[str]]:
     """Yield temporary paths for `paths`; on success rename them all into place (dirs too)."""
     paths = [os.fspath(p) for p in paths]
     for p in paths:
         check_writable(p)
+    for d in dict.fromkeys(os.path.dirname(os.path.abspath(p)) for p in paths):
+        clean_stale_temps(d)
     tmps = [temp_name(p) for p in paths]
     try:
         yield tmps
+        for t in tmps:
+            if os.path.exists(t):
+                _fsync(t)
+        slow = os.environ.get(SLOW_WRITE_ENV)
+        if slow:  # test hook: a window in which the outputs are written but not yet renamed
+            time.sleep(float(slow))
         for t, p in zip(tmps, paths):
-            if os.path.isdir(t) and os.path.isdir(p):  # a directory replaces a directory in two steps
-                old = temp_name(p)
-                os.rename(p, old)
-                os.rename(t, p)
-                _remove(old)
+            if os.path.isdir(t):
+                _replace_dir(t, p)
             else:
                 os.replace(t, p)
+        for d in dict.fromkeys(os.path.dirname(os.path.abspath(p)) for p in paths):
+            _fsync_dir(d)
     except OSError as e:
         name = paths[tmps.index(e.filename)] if e.filename in tmps else (e.filename or paths[0])
         raise OutputError(f"{name}: cannot write output: {e.strerror or e}; check the path and free space") from None
     finally:
         for t in tmps:
-            if os.path.exists(t):
+            if os.path.lexists(t):
                 _remove(t)

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from . import manifest
-from .atomic import TMP_MARK, temp_name
+from .atomic import TMP_MARK, clean_stale_temps, temp_name
 from .errors import ChecksumError, DownloadError, InputFileError, OutputError, SenetHubError
 
 ENV_HOME = "SENET_HUB_HOME"
@@ -430,6 +430,7 @@ def download_to(
     import requests
 
     dest.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(dest.parent)  # partial downloads of killed runs
     tmp = temp_name(str(dest))
     dl = ConfirmingDownloader(progressbar=progress, timeout=timeout, desc=dest.name)
     try:

@@ -114,6 +114,15 @@ def _load(
     return model
 
 
+def _warn_nonfinite(model: Any) -> None:
+    """convert: NaN/Inf weights are converted as they are, with one warning line naming them."""
+    from .checks import check_finite
+
+    msg = check_finite(model, fatal=False)
+    if msg:
+        _say(f"senet-hub: warning: {msg}; the converted model will output NaN (verify fails on it)")
+
+
 def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
@@ -166,6 +175,7 @@ def convert(
 
     check_writable(output)
     model = _load(**src)
+    _warn_nonfinite(model)
     opts: dict[str, Any] = {}
     if target == "onnx":
         opts["inline"] = inline
@@ -195,6 +205,7 @@ def export_onnx(output: str, opset: int | None, inline: bool, **src: Any) -> Non
 
     check_writable(output)
     model = _load(**src)
+    _warn_nonfinite(model)
     opts: dict[str, Any] = {"inline": inline}
     if opset:
         opts["opset"] = opset
@@ -244,6 +255,9 @@ def verify(backends: str | None, input_path: str | None, batch: int, input_seed:
         if skipped:
             _say(f"not installed, skipped: {', '.join(skipped)}")
     model = _load(**src)
+    from .checks import check_finite
+
+    check_finite(model, fatal=True)  # NaN/Inf weights: ModelError (exit 5) naming the tensors
     if input_path:
         try:
             x = np.load(input_path)

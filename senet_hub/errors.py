@@ -8,6 +8,10 @@ class SenetHubError(Exception):
 
     exit_code = 1
 
+    def __str__(self) -> str:
+        # names come from untrusted files: keep the message one printable line
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in super().__str__())
+
 
 class InputFileError(SenetHubError):
     """An input file is missing or unreadable."""

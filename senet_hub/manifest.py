@@ -25,7 +25,7 @@ from .errors import FormatError, InputFileError, SenetHubError
 
 SCHEMA_VERSION = 1
 ENV_MANIFEST = "SENET_HUB_MANIFEST"
-MAX_BYTES = 1 << 20  # the shipped file is ~15 kB
+MAX_BYTES = 256 << 10  # the shipped file is ~15 kB; PyYAML's pure-Python parser needs ~5 s per MB
 MAX_DEPTH = 32
 MAX_ALIASES = 1000
 MAX_NODES = 200_000  # YAML nodes after expanding aliases
@@ -130,7 +130,7 @@ def _read_file(path: str) -> bytes:
                 f"{path}: manifest is {size} bytes, over the {MAX_BYTES}-byte limit; check {ENV_MANIFEST}"
             )
         with open(path, "rb") as f:
-            return f.read(MAX_BYTES + 1)
+            return f.read(min(size, MAX_BYTES) + 1)
     except FileNotFoundError:
         raise InputFileError(f"{path}: manifest not found; fix or unset {ENV_MANIFEST}") from None
     except IsADirectoryError:
@@ -352,6 +352,8 @@ def load(path: str | os.PathLike | None = None) -> Manifest:
         data = safe_load_guarded(text)
     except yaml.YAMLError as e:
         raise FormatError(f"{where}: not a valid manifest: {' '.join(str(e).split())}") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer past Python's 4300-digit limit
+        raise FormatError(f"{where}: not a valid manifest: {' '.join(str(e).split())[:200]}") from None
     man = Manifest(validate(data, where), where)
     _CACHE[key] = man
     return man

@@ -317,11 +317,24 @@ def save(model: Model, path: str | os.PathLike, compression: bool = True, **_: A
     chain = build(model)
     ser = chainer.serializers.DictionarySerializer()
     ser.save(chain)
-    target = dict(ser.target)
+    target = dict(sorted(ser.target.items()))  # Chain keeps children in a set: sort for stable bytes
     target[GRAPH_KEY] = np.frombuffer(_graph_json(model.graph, model.meta).encode("utf-8"), np.uint8)
-    with atomic_outputs([path]) as (tmp,), open(tmp, "wb") as f:
-        (np.savez_compressed if compression else np.savez)(f, **target)
+    with atomic_outputs([path]) as (tmp,):
+        _write_npz(tmp, target, compression)
     return [path]
+
+
+def _write_npz(path: str, arrays: dict[str, np.ndarray], compression: bool) -> None:
+    """np.savez with fixed zip timestamps (np.savez stamps the current time), so bytes are reproducible."""
+    import zipfile
+
+    mode = zipfile.ZIP_DEFLATED if compression else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", compression=mode, allowZip64=True) as zf:
+        for key, arr in arrays.items():
+            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = mode
+            with zf.open(info, "w", force_zip64=True) as fid:
+                np.lib.format.write_array(fid, np.asanyarray(arr), allow_pickle=False)
 
 
 def load(graph_or_model: Graph | Model | None, path: str | os.PathLike) -> Any:

@@ -1,0 +1,1523 @@
+"""Structure-aware fuzzing of senet-hub's readers (used by tests/test_fuzz.py and bench/fuzz.py).
+
+Every reader of untrusted input is a ``Target``: seed files, mutators that know the format's
+structure, and ``run(paths)`` that reads the mutated file the way a user's command would. The
+contract checked for every input: the reader returns, or raises a ``SenetHubError``; never another
+exception, never more than ``TIME_LIMIT`` seconds, never more traced memory than
+``target.mem_factor * file size + MEM_SLACK`` (tracemalloc peak; numpy buffers are traced,
+memory-mapped input is not: it is the file).
+
+Formats and what is mutated:
+
+* caffemodel (protobuf wire format, parsed here into a field tree with a schema): truncation at
+  every field boundary, bit flips, huge declared lengths, huge/negative/zero/too many dims,
+  legacy num/channels/height/width, wrong wire types, duplicated/missing/renamed layers and
+  blobs, NaN/Inf weights, deep nesting, over-long varints, field 0, groups, splices.
+* prototxt (protobuf text format, tokenised): truncation at every token, unbalanced braces,
+  nesting around the parser's MAX_DEPTH and far beyond, huge/odd numbers, bad enums, duplicate
+  layer names, cycles/undefined/self bottoms, scalars where messages belong and back, bad UTF-8.
+* MindSpore .ckpt and the YAML manifest: registered when their readers exist
+  (``converters/mindspore.py: read_ckpt_tensors``, ``senet_hub/manifest.py``).
+
+Adding a reader is one ``register(Target(...))`` call.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import os
+import random
+import re
+import signal
+import struct
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:  # bench/fuzz.py imports this module from outside pytest
+    sys.path.insert(0, str(TESTS))
+
+from senet_hub.converters import caffe  # noqa: E402
+from senet_hub.converters.caffe_format import MAX_DEPTH, encode_layer, ld, read_caffemodel  # noqa: E402
+from senet_hub.errors import SenetHubError  # noqa: E402
+
+TIME_LIMIT = 5.0  # seconds per input (a slow shared CPU; typical inputs take milliseconds)
+MEM_SLACK = 1 << 20  # bytes of fixed overhead allowed on top of the per-byte factor
+
+# ------------------------------------------------------------------------------------ seeds
+TINY = """
+name: "tiny"
+input: "data"
+input_shape { dim: 1 dim: 3 dim: 9 dim: 9 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 bias_term: false } }
+layer { name: "conv/bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+layer { name: "conv/scale" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param { num_output: 5 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+
+# V1 (`layers`, enum types, legacy input_dim header)
+TINY_V1 = """
+name: "tiny-v1"
+input: "data"
+input_dim: 1 input_dim: 3 input_dim: 9 input_dim: 9
+layers { name: "conv" type: CONVOLUTION bottom: "data" top: "conv"
+         convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 bias_term: false } }
+layers { name: "relu" type: RELU bottom: "conv" top: "conv" }
+layers { name: "pool" type: POOLING bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layers { name: "fc" type: INNER_PRODUCT bottom: "pool" top: "fc" inner_product_param { num_output: 5 } }
+layers { name: "prob" type: SOFTMAX bottom: "fc" top: "prob" }
+"""
+
+# An SE block with every layer type the reader handles (Axpy, two-bottom Scale, Split, Concat, ...)
+SE_TINY = """
+name: "se_tiny"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 4 dim: 6 dim: 6 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 8 kernel_size: 3 pad: 1 bias_term: false } }
+layer { name: "conv1/bn" type: "BatchNorm" bottom: "conv1" top: "conv1" batch_norm_param { use_global_stats: true eps: 1e-5 } }
+layer { name: "conv1/scale" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
+layer { name: "conv1/relu" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "se/pool" type: "Pooling" bottom: "conv1" top: "se/pool" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "se/down" type: "Convolution" bottom: "se/pool" top: "se/down" convolution_param { num_output: 2 kernel_size: 1 } }
+layer { name: "se/relu" type: "ReLU" bottom: "se/down" top: "se/down" }
+layer { name: "se/up" type: "Convolution" bottom: "se/down" top: "se/up" convolution_param { num_output: 8 kernel_size: 1 } }
+layer { name: "se/prob" type: "Sigmoid" bottom: "se/up" top: "se/up" }
+layer { name: "proj" type: "Convolution" bottom: "data" top: "proj" convolution_param { num_output: 8 kernel_size: 1 group: 4 } }
+layer { name: "axpy" type: "Axpy" bottom: "se/up" bottom: "conv1" bottom: "proj" top: "axpy" }
+layer { name: "split" type: "Split" bottom: "axpy" top: "s1" top: "s2" }
+layer { name: "gate" type: "Scale" bottom: "s1" bottom: "se/up" top: "gate" scale_param { axis: 0 } }
+layer { name: "sum" type: "Eltwise" bottom: "gate" bottom: "s2" top: "sum" eltwise_param { operation: SUM } }
+layer { name: "cat" type: "Concat" bottom: "sum" bottom: "proj" top: "cat" concat_param { axis: 1 } }
+layer { name: "pool" type: "Pooling" bottom: "cat" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "drop" type: "Dropout" bottom: "pool" top: "pool" dropout_param { dropout_ratio: 0.2 } }
+layer { name: "flat" type: "Flatten" bottom: "pool" top: "flat" }
+layer { name: "fc" type: "InnerProduct" bottom: "flat" top: "fc" inner_product_param { num_output: 3 } }
+layer { name: "rs" type: "Reshape" bottom: "fc" top: "rs" reshape_param { shape { dim: 0 dim: -1 } } }
+layer { name: "prob" type: "Softmax" bottom: "rs" top: "prob" }
+"""
+
+
+def tiny_blobs(rng: np.random.Generator) -> list[tuple[str, str, list[np.ndarray]]]:
+    f = np.float32
+    return [
+        ("conv", "Convolution", [rng.normal(size=(4, 3, 3, 3)).astype(f)]),
+        ("conv/bn", "BatchNorm", [rng.normal(size=4).astype(f), rng.uniform(1, 2, 4).astype(f), np.array([2.0], f)]),
+        ("conv/scale", "Scale", [rng.normal(size=4).astype(f), rng.normal(size=4).astype(f)]),
+        ("fc", "InnerProduct", [rng.normal(size=(5, 16)).astype(f), rng.normal(size=5).astype(f)]),
+    ]
+
+
+def se_tiny_blobs(rng: np.random.Generator) -> list[tuple[str, str, list[np.ndarray]]]:
+    f = np.float32
+
+    def n(*s):
+        return rng.normal(size=s).astype(f)
+
+    return [
+        ("conv1", "Convolution", [n(8, 4, 3, 3)]),
+        ("conv1/bn", "BatchNorm", [n(8), rng.uniform(1, 2, 8).astype(f), np.array([1.0], f)]),
+        ("conv1/scale", "Scale", [n(8), n(8)]),
+        ("se/down", "Convolution", [n(2, 8, 1, 1), n(2)]),
+        ("se/up", "Convolution", [n(8, 2, 1, 1), n(8)]),
+        ("proj", "Convolution", [n(8, 1, 1, 1), n(8)]),
+        ("fc", "InnerProduct", [n(3, 256), n(3)]),
+    ]
+
+
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _key(num: int, wt: int) -> bytes:
+    return _varint(num << 3 | wt)
+
+
+def legacy_caffemodel(rng: np.random.Generator) -> bytes:
+    """TINY_V1's weights in old encodings: V1 `layers` with enum types, num/channels/height/width,
+    double_data, one float per field (unpacked), plus an unused packed V1 layer."""
+    blobs = {n: b for n, _, b in tiny_blobs(rng)}
+
+    def blob(arr: np.ndarray, mode: str) -> bytes:
+        dims = (1,) * (4 - arr.ndim) + arr.shape
+        body = b"".join(_key(f, 0) + _varint(d) for f, d in zip((1, 2, 3, 4), dims))
+        if mode == "double":
+            return body + ld(8, arr.astype("<f8").tobytes())
+        if mode == "unpacked":
+            return body + b"".join(_key(5, 5) + v.tobytes() for v in arr.astype("<f4").ravel())
+        return body + ld(5, arr.astype("<f4").tobytes())
+
+    def v1(name: str, enum: int, arrs: list[np.ndarray], mode: str) -> bytes:
+        body = ld(4, name.encode()) + _key(5, 0) + _varint(enum)
+        return ld(2, body + b"".join(ld(6, blob(a, mode)) for a in arrs))
+
+    return (
+        ld(1, b"tiny-v1")
+        + v1("conv", 4, blobs["conv"], "double")
+        + v1("unused", 0, blobs["conv/scale"], "packed")
+        + v1("fc", 14, blobs["fc"], "unpacked")
+    )
+
+
+def caffemodel_bytes(records: list[tuple[str, str, list[np.ndarray]]]) -> bytes:
+    return b"".join(encode_layer(n, t, b) for n, t, b in records)
+
+
+@dataclass
+class CaffeSeed:
+    name: str
+    prototxt: str
+    caffemodel: bytes
+
+
+def caffe_seeds() -> list[CaffeSeed]:
+    rng = np.random.default_rng(20240607)
+    return [
+        CaffeSeed("tiny", TINY, caffemodel_bytes(tiny_blobs(rng))),
+        CaffeSeed("tiny_v1", TINY_V1, legacy_caffemodel(rng)),
+        CaffeSeed("se_tiny", SE_TINY, caffemodel_bytes(se_tiny_blobs(rng))),
+    ]  # fmt: skip
+
+
+# ------------------------------------------------------------------------ protobuf field tree
+class PB:
+    """One protobuf field: number, wire type, value (int | bytes | list[PB] for a parsed message)."""
+
+    __slots__ = ("num", "wt", "val", "declared")
+
+    def __init__(self, num: int, wt: int, val: Any, declared: int | None = None):
+        self.num, self.wt, self.val, self.declared = num, wt, val, declared
+
+    def __deepcopy__(self, memo: dict) -> PB:
+        v = [copy.deepcopy(x, memo) for x in self.val] if isinstance(self.val, list) else self.val
+        return PB(self.num, self.wt, v, self.declared)
+
+
+# message type -> {field number: message type of that field}
+CAFFE_SCHEMA = {
+    "Net": {100: "Layer", 2: "V1Layer"},
+    "Layer": {7: "Blob"},
+    "V1Layer": {6: "Blob"},
+    "Blob": {7: "Shape"},
+    "Shape": {},
+}
+CKPT_SCHEMA = {"Checkpoint": {1: "Value"}, "Value": {2: "Tensor"}, "Tensor": {}}
+
+
+def pb_parse(buf: bytes, schema: dict[str, dict[int, str]], msg: str) -> list[PB] | None:
+    """Parse a whole message (None if it is not one); fields the schema names are parsed too."""
+    out, pos, n = [], 0, len(buf)
+    try:
+        while pos < n:
+            key, pos = _read_varint(buf, pos)
+            num, wt = key >> 3, key & 7
+            if num == 0:
+                return None
+            if wt == 0:
+                v, pos = _read_varint(buf, pos)
+                out.append(PB(num, 0, v))
+            elif wt in (1, 5):
+                size = 8 if wt == 1 else 4
+                if pos + size > n:
+                    return None
+                out.append(PB(num, wt, buf[pos : pos + size]))
+                pos += size
+            elif wt == 2:
+                ln, pos = _read_varint(buf, pos)
+                if pos + ln > n:
+                    return None
+                payload = buf[pos : pos + ln]
+                pos += ln
+                sub = schema[msg].get(num)
+                parsed = pb_parse(payload, schema, sub) if sub else None
+                out.append(PB(num, 2, parsed if parsed is not None else payload))
+            else:
+                return None
+    except IndexError:
+        return None
+    return out
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 70:
+            raise IndexError
+
+
+def pb_encode(fields: list[PB], bounds: list[int] | None = None, base: int = 0) -> bytes:
+    """Encode a field tree; `bounds` collects the absolute start and end offset of every field."""
+    out = bytearray()
+    for f in fields:
+        if bounds is not None:
+            bounds.append(base + len(out))
+        out += _key(f.num, f.wt)
+        if f.wt == 0:
+            out += _varint(f.val if isinstance(f.val, int) else len(f.val))
+        elif f.wt in (1, 5):
+            raw = f.val if isinstance(f.val, bytes) else b""
+            out += raw
+        elif f.wt == 2:
+            if isinstance(f.val, list):
+                inner_bounds: list[int] | None = [] if bounds is not None else None
+                payload = pb_encode(f.val, inner_bounds, 0)
+            else:
+                payload, inner_bounds = (f.val if isinstance(f.val, bytes) else _varint(f.val)), None
+            out += _varint(len(payload) if f.declared is None else f.declared)
+            if bounds is not None and inner_bounds is not None:
+                bounds.extend(base + len(out) + b for b in inner_bounds)
+            out += payload
+        # wire types 3, 4 (groups) and 6, 7 (invalid) carry nothing here: the key alone
+        if bounds is not None:
+            bounds.append(base + len(out))
+    return bytes(out)
+
+
+def pb_walk(fields: list[PB], schema: dict, msg: str, depth: int = 0) -> Iterator[tuple[list[PB], int, str]]:
+    """(parent list, index, message type of the parent) for every field, depth first."""
+    for i, f in enumerate(fields):
+        yield fields, i, msg
+        sub = schema.get(msg, {}).get(f.num)
+        if isinstance(f.val, list) and sub:
+            yield from pb_walk(f.val, schema, sub, depth + 1)
+
+
+def nest(core: bytes, fields: list[int]) -> bytes:
+    """`core` wrapped in length-delimited fields (outermost first), built in linear time."""
+    heads, n = [], len(core)
+    for num in reversed(fields):
+        h = _key(num, 2) + _varint(n)
+        heads.append(h)
+        n += len(h)
+    return b"".join(reversed(heads)) + core
+
+
+# ------------------------------------------------------------------------------- byte mutators
+SPECIAL_FLOATS = [float("nan"), float("inf"), float("-inf"), -0.0, 1e-45, 3.4028235e38, -3.4028235e38]
+HUGE_LENGTHS = [2**31 - 1, 2**31, 2**32, 2**32 + 7, 2**63 - 1, 2**64 - 1, 1 << 40]
+
+
+def flip_bits(rng: random.Random, data: bytes, n: int | None = None) -> bytes:
+    if not data:
+        return data
+    b = bytearray(data)
+    for _ in range(n or rng.choice([1, 1, 2, 4, 8])):
+        i = rng.randrange(len(b))
+        b[i] ^= 1 << rng.randrange(8)
+    return bytes(b)
+
+
+def set_bytes(rng: random.Random, data: bytes) -> bytes:
+    if not data:
+        return data
+    b = bytearray(data)
+    for _ in range(rng.choice([1, 2, 4])):
+        b[rng.randrange(len(b))] = rng.choice([0x00, 0xFF, 0x80, 0x7F, 0x01, 0x0A, 0x22, 0x7B, 0x7D])
+    return bytes(b)
+
+
+def truncate_random(rng: random.Random, data: bytes) -> bytes:
+    return data[: rng.randrange(len(data) + 1)] if data else data
+
+
+def splice(rng: random.Random, a: bytes, b: bytes) -> bytes:
+    i, j = rng.randrange(len(a) + 1), rng.randrange(len(b) + 1)
+    return a[:i] + b[j:]
+
+
+# ------------------------------------------------------------------------ caffemodel mutators
+class CaffemodelMutator:
+    """Structure-aware mutations of one seed caffemodel (a parsed NetParameter tree)."""
+
+    def __init__(self, seeds: list[bytes], big: bool = False):
+        self.seeds, self.big = seeds, big
+        self.trees = [pb_parse(s, CAFFE_SCHEMA, "Net") for s in seeds]
+        assert all(t is not None for t in self.trees)
+        self.bounds = []
+        for t in self.trees:
+            b: list[int] = []
+            pb_encode(t, b)
+            self.bounds.append(sorted(set(b)))
+
+    def truncations(self) -> Iterator[tuple[str, bytes]]:
+        """Every field boundary of every seed, and one byte either side of it."""
+        for s, bounds in zip(self.seeds, self.bounds):
+            cuts = sorted({c + d for c in bounds for d in (-1, 0, 1) if 0 <= c + d < len(s)})
+            for c in cuts:
+                yield "truncate@boundary", s[:c]
+
+    OPS = (
+        "bitflip", "setbytes", "truncate", "huge_length", "short_length", "dims", "legacy_dims",
+        "wire_type", "dup_layer", "drop_layer", "swap_layers", "dup_blob", "drop_blob", "rename_layer",
+        "layer_type", "nan_inf", "deep_nesting", "overlong_varint", "field0_group", "unknown_fields",
+        "splice", "float_and_double", "misaligned_data", "many_layers", "empty_blobs", "random",
+    )  # fmt: skip
+
+    def mutate(self, rng: random.Random, op: str | None = None) -> tuple[str, bytes]:
+        k = rng.randrange(len(self.seeds))
+        op = op or rng.choice(self.OPS)
+        data = self._finish(rng, k, getattr(self, "_" + op)(rng, k))
+        if rng.random() < 0.15:  # havoc: stack a byte-level mutation on top
+            data = rng.choice([flip_bits, set_bytes, truncate_random])(rng, data)
+            op += "+havoc"
+        return op, data
+
+    # -- helpers
+    def _finish(self, rng: random.Random, k: int, data: bytes) -> bytes:
+        return data
+
+    def _tree(self, k: int) -> list[PB]:
+        return copy.deepcopy(self.trees[k])
+
+    def _nodes(self, tree: list[PB], msg: str | None = None, num: int | None = None, wt: int | None = None):
+        out = []
+        for parent, i, m in pb_walk(tree, CAFFE_SCHEMA, "Net"):
+            f = parent[i]
+            if (msg is None or m == msg) and (num is None or f.num == num) and (wt is None or f.wt == wt):
+                out.append((parent, i))
+        return out
+
+    def _layers(self, tree: list[PB]) -> list[int]:
+        return [i for i, f in enumerate(tree) if f.num in (100, 2) and f.wt == 2]
+
+    def _blobs(self, tree: list[PB]) -> list[tuple[list[PB], int]]:
+        return self._nodes(tree, "Layer", 7, 2) + self._nodes(tree, "V1Layer", 6, 2)
+
+    # -- operators (each returns the mutated bytes)
+    def _bitflip(self, rng, k):
+        return flip_bits(rng, self.seeds[k])
+
+    def _setbytes(self, rng, k):
+        return set_bytes(rng, self.seeds[k])
+
+    def _truncate(self, rng, k):
+        return truncate_random(rng, self.seeds[k])
+
+    def _random(self, rng, k):
+        return bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 2, 7, 64, 512])))
+
+    def _huge_length(self, rng, k):
+        t = self._tree(k)
+        cands = self._nodes(t, wt=2)
+        parent, i = rng.choice(cands)
+        parent[i].declared = rng.choice(HUGE_LENGTHS)
+        return pb_encode(t)
+
+    def _short_length(self, rng, k):
+        t = self._tree(k)
+        parent, i = rng.choice(self._nodes(t, wt=2))
+        real = len(pb_encode([parent[i]])) - 2
+        parent[i].declared = max(0, real + rng.choice([-1, 1, -3, 5]))
+        return pb_encode(t)
+
+    def _dims(self, rng, k):
+        t = self._tree(k)
+        blobs = self._blobs(t)
+        if not blobs:
+            return self.seeds[k]
+        parent, i = rng.choice(blobs)
+        blob = parent[i].val if isinstance(parent[i].val, list) else []
+        count = sum(len(f.val) // 4 for f in blob if f.num == 5 and f.wt == 2 and isinstance(f.val, bytes))
+        dims = rng.choice(
+            [
+                [0], [-1], [-count], [count, -1, -1], [2**62, 2**62], [2**63 - 1], [2**64 - 1], [2**31], [0, 2**40],
+                [0, 2**63], [1] * 33, [1] * 100, [1] * rng.choice([1000, 20000 if self.big else 2000]), [], [count, 0], [0] * 40,
+                [count, 1, 1, 1], [1, count], [3, 3, 3, 3, 3], [count + 1], [2**32 + count],
+            ]
+        )  # fmt: skip
+        packed = rng.random() < 0.7
+        shape = [PB(1, 2, b"".join(_varint(d) for d in dims))] if packed else [PB(1, 0, d & (2**64 - 1)) for d in dims]
+        blob = [f for f in blob if f.num != 7] + [PB(7, 2, shape)]
+        if rng.random() < 0.3:
+            rng.shuffle(blob)
+        parent[i] = PB(parent[i].num, 2, blob)
+        return pb_encode(t)
+
+    def _legacy_dims(self, rng, k):
+        t = self._tree(k)
+        blobs = self._blobs(t)
+        parent, i = rng.choice(blobs)
+        blob = [f for f in (parent[i].val if isinstance(parent[i].val, list) else []) if f.num not in (1, 2, 3, 4, 7)]
+        vals = rng.choice([[0, 0, 0, 0], [2**64 - 1] * 4, [2**31, 2**31, 1, 1], [1, 1, 1, 2**63], [7], [1, 2**33]])
+        blob = [PB(f, 0, v) for f, v in zip((1, 2, 3, 4), vals)] + blob
+        parent[i] = PB(parent[i].num, 2, blob)
+        return pb_encode(t)
+
+    def _wire_type(self, rng, k):
+        t = self._tree(k)
+        parent, i = rng.choice(self._nodes(t))
+        f = parent[i]
+        wt = rng.choice([w for w in range(8) if w != f.wt])
+        val: Any = {0: rng.choice([0, 1, 2**63, 2**64 - 1]), 1: struct.pack("<d", rng.choice(SPECIAL_FLOATS)),
+                    5: struct.pack("<f", rng.choice(SPECIAL_FLOATS)), 2: rng.choice([b"", b"\x08\x01", b"\xff" * 9])}.get(wt, b"")  # fmt: skip
+        if wt == 2 and rng.random() < 0.5 and isinstance(f.val, (bytes, list)):
+            val = f.val  # keep the payload, lie about its type elsewhere
+        parent[i] = PB(f.num, wt, val)
+        return pb_encode(t)
+
+    def _dup_layer(self, rng, k):
+        t = self._tree(k)
+        i = rng.choice(self._layers(t))
+        t.insert(rng.randrange(len(t) + 1), copy.deepcopy(t[i]))
+        return pb_encode(t)
+
+    def _drop_layer(self, rng, k):
+        t = self._tree(k)
+        del t[rng.choice(self._layers(t))]
+        return pb_encode(t)
+
+    def _swap_layers(self, rng, k):
+        t = self._tree(k)
+        ls = self._layers(t)
+        a, b = rng.choice(ls), rng.choice(ls)
+        t[a], t[b] = t[b], t[a]
+        return pb_encode(t)
+
+    def _dup_blob(self, rng, k):
+        t = self._tree(k)
+        parent, i = rng.choice(self._blobs(t))
+        parent.insert(i, copy.deepcopy(parent[i]))
+        return pb_encode(t)
+
+    def _drop_blob(self, rng, k):
+        t = self._tree(k)
+        parent, i = rng.choice(self._blobs(t))
+        del parent[i]
+        return pb_encode(t)
+
+    def _rename_layer(self, rng, k):
+        t = self._tree(k)
+        names = self._nodes(t, "Layer", 1, 2) + self._nodes(t, "V1Layer", 4, 2)
+        parent, i = rng.choice(names)
+        others = [p[j].val for p, j in names if isinstance(p[j].val, bytes)]
+        new = [b"", b"\xff\xfe", b"x" * 5000, "conv\u00e9".encode(), b"\x00", b"a\nb", b"\x1b[31mred", b"\r", *others]
+        parent[i] = PB(parent[i].num, 2, rng.choice(new))
+        return pb_encode(t)
+
+    def _layer_type(self, rng, k):
+        t = self._tree(k)
+        cands = self._nodes(t, "Layer", 2) + self._nodes(t, "V1Layer", 5)
+        parent, i = rng.choice(cands)
+        f = parent[i]
+        if f.wt == 0 or rng.random() < 0.3:
+            parent[i] = PB(f.num, 0, rng.choice([0, 14, 39, 40, 255, 2**31, 2**63, 2**64 - 1]))
+        else:
+            parent[i] = PB(f.num, 2, rng.choice([b"", b"Axpy", b"LRN", b"Convolution", b"\xc3", b"Python"]))
+        return pb_encode(t)
+
+    def _nan_inf(self, rng, k):
+        t = self._tree(k)
+        cands = self._nodes(t, "Blob", 5, 2) + self._nodes(t, "Blob", 8, 2) + self._nodes(t, "Blob", 5, 5)
+        parent, i = rng.choice(cands)
+        f = parent[i]
+        raw = bytearray(f.val) if isinstance(f.val, bytes) else bytearray()
+        size = 8 if f.num == 8 else 4
+        fmt = "<d" if size == 8 else "<f"
+        n = len(raw) // size
+        if n:
+            if rng.random() < 0.2:  # every value
+                raw[:] = struct.pack(f"<{n}{fmt[1]}", *[rng.choice(SPECIAL_FLOATS) for _ in range(n)])
+            for _ in range(rng.choice([1, 1, 3])):
+                j = rng.randrange(n) * size
+                raw[j : j + size] = struct.pack(fmt, rng.choice(SPECIAL_FLOATS))
+        parent[i] = PB(f.num, f.wt, bytes(raw))
+        return pb_encode(t)
+
+    def _deep_nesting(self, rng, k):
+        depth = rng.choice([10, MAX_DEPTH + 1, 1000, 100_000] if self.big else [10, MAX_DEPTH + 1, 1000, 5000])
+        payload = nest(b"\x0a\x01x", [rng.choice([100, 7, 1, 2]) for _ in range(depth)])
+        t = self._tree(k)
+        if rng.random() < 0.5:
+            return pb_encode(t) + payload
+        return pb_encode(t[: self._layers(t)[0]]) + ld(100, ld(1, b"deep") + ld(7, payload))
+
+    def _overlong_varint(self, rng, k):
+        s = self.seeds[k]
+        i = rng.randrange(len(s))
+        return s[:i] + b"\xff" * rng.choice([9, 10, 11, 64]) + rng.choice([b"\x01", b"", b"\x00"]) + s[i:]
+
+    def _field0_group(self, rng, k):
+        t = self._tree(k)
+        parent, i = rng.choice(self._nodes(t))
+        parent.insert(i, PB(rng.choice([0, 3, 2**29 - 1]), rng.choice([0, 3, 4, 6, 7]), 0))
+        return pb_encode(t)
+
+    def _unknown_fields(self, rng, k):
+        t = self._tree(k)
+        for _ in range(rng.choice([1, 5, 50])):
+            parent, i = rng.choice(self._nodes(t))
+            wt = rng.choice([0, 1, 2, 5])
+            val = {0: rng.randrange(2**64), 1: b"\x00" * 8, 5: b"\x00" * 4, 2: b"junk"}[wt]
+            parent.insert(i, PB(rng.choice([3, 6, 9, 99, 101, 4096]), wt, val))
+        return pb_encode(t)
+
+    def _splice(self, rng, k):
+        return splice(rng, self.seeds[k], rng.choice(self.seeds))
+
+    def _float_and_double(self, rng, k):
+        t = self._tree(k)
+        parent, i = rng.choice(self._blobs(t))
+        blob = parent[i].val if isinstance(parent[i].val, list) else []
+        blob.append(PB(8, 2, struct.pack("<3d", 1.0, float("nan"), 2.0)))
+        if rng.random() < 0.5:
+            blob[:] = [f for f in blob if f.num != 5]
+        parent[i] = PB(parent[i].num, 2, blob)
+        return pb_encode(t)
+
+    def _misaligned_data(self, rng, k):
+        t = self._tree(k)
+        cands = self._nodes(t, "Blob", 5, 2) + self._nodes(t, "Blob", 8, 2)
+        parent, i = rng.choice(cands)
+        f = parent[i]
+        raw = f.val if isinstance(f.val, bytes) else b""
+        parent[i] = PB(
+            f.num, 2, raw[: max(0, len(raw) - rng.choice([1, 2, 3]))] if rng.random() < 0.5 else raw + b"\x00"
+        )
+        return pb_encode(t)
+
+    def _many_layers(self, rng, k):
+        """Lots of tiny records: the reader's per-record overhead against the file size."""
+        n = rng.choice([1000, 20000] if self.big else [200, 1000])
+        kind = rng.choice(["empty_layer", "empty_blob", "one_float", "unpacked"])
+        if kind == "empty_layer":
+            body = b"".join(ld(100, ld(1, b"l%d" % j) + ld(7, b"")) for j in range(n))
+        elif kind == "empty_blob":
+            body = ld(100, ld(1, b"l") + ld(7, b"") * n)
+        elif kind == "one_float":
+            body = b"".join(ld(100, ld(1, b"%d" % j) + ld(7, ld(5, b"\x00\x00\x80\x3f"))) for j in range(n))
+        else:
+            body = ld(100, ld(1, b"u") + ld(7, (_key(5, 5) + b"\x00\x00\x80\x3f") * n))
+        return self.seeds[k] + body
+
+    def _empty_blobs(self, rng, k):
+        t = self._tree(k)
+        for parent, i in self._blobs(t):
+            if rng.random() < 0.5:
+                parent[i] = PB(parent[i].num, 2, b"")
+        return pb_encode(t)
+
+
+# -------------------------------------------------------------------------- prototxt mutators
+_TOK = re.compile(r"""\s+|\#[^\n]*|"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|[{}:\[\],;<>]|[^\s{}:\[\],;<>#"']+""")
+HUGE_NUMBERS = ["9" * 5000, "1" + "0" * 100, "1e999", "-1e999", "-1", "0", "-0", "2147483648", "4294967297",
+                "9223372036854775808", "-9223372036854775809", "18446744073709551616", "nan", "inf", "-inf",
+                "0x7fffffff", "1.5", "1e3", "1_000", "+3", "٣", "true", '""', "''"]  # fmt: skip
+ENUM_FIELDS = ("pool", "operation", "round_mode", "phase", "bias_term", "global_pooling", "type", "transpose")
+BAD_ENUMS = ["MAX", "AVE", "STOCHASTIC", "PROD", "MAXIMUM", "FLOOR", "CEIL", "TRAIN", "TEST", "false", "true",
+             "2", "-1", "99", '"MAX"', '"Convolution"', '"LRN"', '"Python"', '""', "Axpy", '"Input"', '"Scale"']  # fmt: skip
+
+
+class PrototxtMutator:
+    """Token-level, structure-aware mutations of seed prototxt texts."""
+
+    def __init__(self, seeds: list[str], big: bool = False):
+        self.seeds, self.big = seeds, big
+        self.toks = [[(m.start(), m.end()) for m in _TOK.finditer(s) if not s[m.start()].isspace()] for s in seeds]
+
+    def truncations(self) -> Iterator[tuple[str, bytes]]:
+        for s, toks in zip(self.seeds, self.toks):
+            for a, b in toks:
+                yield "truncate@token", s[:a].encode()
+                yield "truncate@token", s[:b].encode()
+
+    OPS = (
+        "truncate", "drop_token", "dup_token", "swap_tokens", "drop_brace", "extra_brace", "deep_nesting",
+        "deep_nesting_inside", "huge_number", "bad_enum", "dup_layer", "drop_layer", "swap_layers",
+        "rename_dup", "bottom", "scalar_message", "input_shape", "bad_bytes", "bitflip", "splice_lines",
+        "many_layers", "list_values", "strings",
+    )  # fmt: skip
+
+    def mutate(self, rng: random.Random, op: str | None = None) -> tuple[str, bytes]:
+        k = rng.randrange(len(self.seeds))
+        op = op or rng.choice(self.OPS)
+        out = getattr(self, "_" + op)(rng, k)
+        data = out if isinstance(out, bytes) else out.encode("utf-8", "surrogatepass")
+        if rng.random() < 0.1:
+            data = rng.choice([flip_bits, set_bytes, truncate_random])(rng, data)
+            op += "+havoc"
+        return op, data
+
+    # -- helpers
+    def _tok(self, k: int, i: int) -> str:
+        a, b = self.toks[k][i]
+        return self.seeds[k][a:b]
+
+    def _replace_tok(self, k: int, i: int, new: str) -> str:
+        s = self.seeds[k]
+        a, b = self.toks[k][i]
+        return s[:a] + new + s[b:]
+
+    def _blocks(self, k: int) -> list[tuple[int, int]]:
+        """Character spans of top-level `layer { ... }` blocks."""
+        s, toks, out = self.seeds[k], self.toks[k], []
+        i = 0
+        while i < len(toks):
+            if self._tok(k, i) in ("layer", "layers") and i + 1 < len(toks) and self._tok(k, i + 1) == "{":
+                depth, j = 0, i + 1
+                while j < len(toks):
+                    t = self._tok(k, j)
+                    depth += (t == "{") - (t == "}")
+                    if depth == 0:
+                        break
+                    j += 1
+                out.append((toks[i][0], toks[min(j, len(toks) - 1)][1]))
+                i = j
+            i += 1
+        assert out or not s
+        return out
+
+    def _value_idx(self, k: int, fields: tuple[str, ...]) -> list[int]:
+        """Indexes of value tokens of `field: value` for the given field names."""
+        out = []
+        for i in range(len(self.toks[k]) - 2):
+            if self._tok(k, i) in fields and self._tok(k, i + 1) == ":":
+                out.append(i + 2)
+        return out
+
+    # -- operators
+    def _truncate(self, rng, k):
+        s = self.seeds[k]
+        return s[: rng.randrange(len(s) + 1)]
+
+    def _drop_token(self, rng, k):
+        return self._replace_tok(k, rng.randrange(len(self.toks[k])), "")
+
+    def _dup_token(self, rng, k):
+        i = rng.randrange(len(self.toks[k]))
+        t = self._tok(k, i)
+        return self._replace_tok(k, i, f"{t} {t}")
+
+    def _swap_tokens(self, rng, k):
+        n = len(self.toks[k])
+        i = rng.randrange(n - 1)
+        a, b = self._tok(k, i), self._tok(k, i + 1)
+        s = self.seeds[k]
+        (a0, _), (_, b1) = self.toks[k][i], self.toks[k][i + 1]
+        return s[:a0] + b + " " + a + s[b1:]
+
+    def _drop_brace(self, rng, k):
+        idx = [i for i in range(len(self.toks[k])) if self._tok(k, i) in "{}"]
+        return self._replace_tok(k, rng.choice(idx), "")
+
+    def _extra_brace(self, rng, k):
+        i = rng.randrange(len(self.toks[k]))
+        return self._replace_tok(k, i, self._tok(k, i) + " " + rng.choice(["{", "}", "}}", "<", ">", "[", "]"]))
+
+    def _deep_nesting(self, rng, k):
+        n = rng.choice([MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, 1000, 200_000 if self.big else 5000])
+        opener, closer = rng.choice([("a {", "}"), ("a <", ">"), ("a: {", "}"), ("layer {", "}")])
+        close = rng.random() < 0.7
+        return self.seeds[k] + " ".join([opener] * n) + (" ".join([closer] * n) if close else "")
+
+    def _deep_nesting_inside(self, rng, k):
+        n = rng.choice([MAX_DEPTH - 3, MAX_DEPTH + 1, 5000])
+        blocks = self._blocks(k)
+        a, b = rng.choice(blocks)
+        s = self.seeds[k]
+        inner = "convolution_param " + "{ x " * n + "}" * n
+        return s[: b - 1] + inner + s[b - 1 :]
+
+    def _huge_number(self, rng, k):
+        idx = [i for i in range(len(self.toks[k])) if re.fullmatch(r"-?\d[\w.+-]*", self._tok(k, i))]
+        return self._replace_tok(k, rng.choice(idx), rng.choice(HUGE_NUMBERS))
+
+    def _bad_enum(self, rng, k):
+        idx = self._value_idx(k, ENUM_FIELDS)
+        return self._replace_tok(k, rng.choice(idx), rng.choice(BAD_ENUMS))
+
+    def _dup_layer(self, rng, k):
+        s = self.seeds[k]
+        a, b = rng.choice(self._blocks(k))
+        return s[:b] + "\n" + s[a:b] + s[b:]
+
+    def _drop_layer(self, rng, k):
+        s = self.seeds[k]
+        a, b = rng.choice(self._blocks(k))
+        return s[:a] + s[b:]
+
+    def _swap_layers(self, rng, k):
+        s = self.seeds[k]
+        blocks = self._blocks(k)
+        i = rng.randrange(len(blocks) - 1)
+        (a0, a1), (b0, b1) = blocks[i], blocks[i + 1]
+        return s[:a0] + s[b0:b1] + s[a1:b0] + s[a0:a1] + s[b1:]
+
+    def _rename_dup(self, rng, k):
+        idx = self._value_idx(k, ("name",))
+        i, j = rng.choice(idx), rng.choice(idx)
+        return self._replace_tok(k, i, self._tok(k, j))
+
+    def _bottom(self, rng, k):
+        """Undefined, self-referencing or later (cycle) bottoms and tops."""
+        bottoms = self._value_idx(k, ("bottom",))
+        tops = self._value_idx(k, ("top",))
+        i = rng.choice(bottoms + tops)
+        choice = rng.random()
+        if choice < 0.3:
+            new = '"nowhere"'
+        elif choice < 0.6:
+            later = [t for t in tops if t > i] or tops
+            new = self._tok(k, rng.choice(later))  # a blob produced later: a cycle in the graph
+        else:
+            new = self._tok(k, rng.choice(tops + bottoms))
+        return self._replace_tok(k, i, new)
+
+    def _scalar_message(self, rng, k):
+        """A scalar where a message belongs (`convolution_param: 5`) or a message where a scalar does."""
+        toks = self.toks[k]
+        if rng.random() < 0.5:
+            idx = [i for i in range(len(toks) - 1) if self._tok(k, i + 1) == "{"]
+            i = rng.choice(idx)
+            s = self.seeds[k]
+            depth, j = 0, i + 1
+            while j < len(toks):
+                t = self._tok(k, j)
+                depth += (t == "{") - (t == "}")
+                if depth == 0:
+                    break
+                j += 1
+            return (
+                s[: toks[i][1]]
+                + ": "
+                + rng.choice(["5", '"x"', "MAX", "[]", "[1, 2]"])
+                + s[toks[min(j, len(toks) - 1)][1] :]
+            )
+        idx = [i for i in range(len(toks)) if self._tok(k, i) == ":"]
+        i = rng.choice(idx)
+        s = self.seeds[k]
+        a, b = toks[i + 1] if i + 1 < len(toks) else toks[i]
+        return s[: toks[i][0]] + rng.choice([" { }", " { a: 1 }", " { dim: 1 }", " < >"]) + s[b:]
+
+    def _input_shape(self, rng, k):
+        s = self.seeds[k]
+        dims = rng.choice([["0"], ["-1"] * 4, ["1", "3", "0", "9"], ["1", "3", "1000000000", "1000000000"], ["1"] * 4,
+                           ["1", "3"], ["1", "3", "9", "9", "9"], ["2147483648"] * 4, ["1", "100000", "1", "1"],
+                           ["1", "3", "1", "1"], ["1", "3", "9", "x"], ["1", "3", "9.5", "9"], ["65536", "3", "9", "9"]])  # fmt: skip
+        text = "shape { " + " ".join(f"dim: {d}" for d in dims) + " }"
+        if "input_shape" in s:
+            return re.sub(r"input_shape \{[^}]*\}", lambda _: "input_" + text, s, count=1)
+        return re.sub(r"shape \{[^}]*\}", lambda _: text, s, count=1)
+
+    def _bad_bytes(self, rng, k):
+        s = self.seeds[k].encode()
+        i = rng.randrange(len(s) + 1)
+        junk = rng.choice([b"\xff", b"\xc3", b"\x00", b"\xed\xa0\x80", b'"unterminated', b"'", b"\\", b"#",
+                           b"\r", b"\t\x0b\x0c", "名前".encode(), b"\xef\xbb\xbf"])  # fmt: skip
+        return s[:i] + junk + s[i:]
+
+    def _bitflip(self, rng, k):
+        return flip_bits(rng, self.seeds[k].encode())
+
+    def _splice_lines(self, rng, k):
+        a = self.seeds[k].splitlines(keepends=True)
+        b = rng.choice(self.seeds).splitlines(keepends=True)
+        i, j = rng.randrange(len(a) + 1), rng.randrange(len(b) + 1)
+        return "".join(a[:i] + b[j:])
+
+    def _many_layers(self, rng, k):
+        n = rng.choice([200, 2000] if self.big else [50, 300])
+        kind = rng.random()
+        if kind < 0.5:
+            extra = "".join(f'layer {{ name: "r{j}" type: "ReLU" bottom: "prob" top: "prob" }}\n' for j in range(n))
+        else:
+            extra = "".join(f'layer {{ name: "s{j}" type: "Split" bottom: "prob" top: "prob" }}\n' for j in range(n))
+        return self.seeds[k] + extra
+
+    def _list_values(self, rng, k):
+        idx = self._value_idx(k, ("num_output", "kernel_size", "stride", "pad", "dim", "axis", "group"))
+        return self._replace_tok(k, rng.choice(idx), rng.choice(["[1, 2]", "[]", "[", "[[1]]", "[1 2 3]", "[{}]"]))
+
+    def _strings(self, rng, k):
+        idx = self._value_idx(k, ("name", "bottom", "top", "type"))
+        new = rng.choice(['"a\\"b"', '"\\x00"', "'single'", '""', '"' + "x" * 10000 + '"', '"a\nb"', "unquoted", '"\\',
+                          '"\x1b[2J"', '"a\rb"'])  # fmt: skip
+        return self._replace_tok(k, rng.choice(idx), new)
+
+
+# --------------------------------------------------------------------------- YAML mutators
+class YamlMutator:
+    """Mutations of YAML documents: nesting, alias bombs, huge documents, wrong types."""
+
+    def __init__(self, seeds: list[str], big: bool = False):
+        self.seeds, self.big = seeds, big
+        self.lines = [s.splitlines(keepends=True) for s in seeds]
+
+    def truncations(self) -> Iterator[tuple[str, bytes]]:
+        for lines in self.lines:
+            for i in range(len(lines) + 1):
+                yield "truncate@line", "".join(lines[:i]).encode()
+
+    OPS = ("truncate", "deep_flow", "deep_block", "alias_bomb", "huge_doc", "wrong_type", "python_tag",
+           "dup_key", "drop_line", "dup_line", "bad_bytes", "tabs", "bitflip", "swap_lines", "multi_doc",
+           "huge_scalar", "anchor_cycle")  # fmt: skip
+
+    def mutate(self, rng: random.Random, op: str | None = None) -> tuple[str, bytes]:
+        k = rng.randrange(len(self.seeds))
+        op = op or rng.choice(self.OPS)
+        out = getattr(self, "_" + op)(rng, k)
+        return op, out if isinstance(out, bytes) else out.encode("utf-8", "surrogatepass")
+
+    def _truncate(self, rng, k):
+        s = self.seeds[k]
+        return s[: rng.randrange(len(s) + 1)]
+
+    def _deep_flow(self, rng, k):
+        n = rng.choice([50, 1000, 100_000] if self.big else [33, 50, 1000])
+        o, c = rng.choice([("[", "]"), ("{a: ", "}")])
+        return self.seeds[k] + "\ndeep: " + o * n + "1" + c * n + "\n"
+
+    def _deep_block(self, rng, k):
+        n = rng.choice([50, 500, 3000] if self.big else [33, 50, 300])
+        return (
+            self.seeds[k] + "\ndeep:\n" + "".join(" " * (i + 1) + f"k{i}:\n" for i in range(n)) + " " * (n + 1) + "v\n"
+        )
+
+    def _alias_bomb(self, rng, k):
+        lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+        for i in range(1, rng.choice([5, 9, 12])):
+            lines.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]")
+        target = rng.choice(["models", "extra", "conventions"])
+        return "\n".join(lines) + f"\n{target}: *a{len(lines) - 1}\n" + ("" if rng.random() < 0.5 else self.seeds[k])
+
+    def _huge_doc(self, rng, k):
+        n = rng.choice([10_000, 100_000] if self.big else [50, 200])
+        return self.seeds[k] + "\nextra:\n" + "".join(f"  - {{id: m{i}, x: [1, 2]}}\n" for i in range(n))
+
+    def _wrong_type(self, rng, k):
+        lines = list(self.lines[k])
+        idx = [i for i, ln in enumerate(lines) if ":" in ln and not ln.strip().startswith("#")]
+        i = rng.choice(idx)
+        key = lines[i].split(":", 1)[0]
+        lines[i] = (
+            key
+            + ": "
+            + rng.choice(
+                [
+                    "[]",
+                    "{}",
+                    "null",
+                    "42",
+                    "-1",
+                    "3.5",
+                    "true",
+                    "[1, [2]]",
+                    "{a: b}",
+                    '"x"',
+                    "~",
+                    ".inf",
+                    ".nan",
+                    "0x10",
+                    "2001-01-01",
+                ]
+            )
+            + "\n"
+        )
+        return "".join(lines)
+
+    def _python_tag(self, rng, k):
+        tag = rng.choice(
+            [
+                "!!python/object/apply:os.system ['true']",
+                "!!python/name:os.system",
+                "!!binary AAAA",
+                "!custom x",
+                "!!set {a, b}",
+                "!!timestamp 2001-01-01",
+                "!!float nan",
+            ]
+        )
+        return self.seeds[k] + f"\ninjected: {tag}\n"
+
+    def _dup_key(self, rng, k):
+        lines = list(self.lines[k])
+        i = rng.randrange(len(lines))
+        lines.insert(i, lines[i])
+        return "".join(lines)
+
+    def _drop_line(self, rng, k):
+        lines = list(self.lines[k])
+        del lines[rng.randrange(len(lines))]
+        return "".join(lines)
+
+    def _dup_line(self, rng, k):
+        lines = list(self.lines[k])
+        i, j = rng.randrange(len(lines)), rng.randrange(len(lines))
+        lines.insert(i, lines[j])
+        return "".join(lines)
+
+    def _swap_lines(self, rng, k):
+        lines = list(self.lines[k])
+        i = rng.randrange(len(lines) - 1)
+        lines[i], lines[i + 1] = lines[i + 1], lines[i]
+        return "".join(lines)
+
+    def _bad_bytes(self, rng, k):
+        s = self.seeds[k].encode()
+        i = rng.randrange(len(s) + 1)
+        return s[:i] + rng.choice([b"\xff", b"\x00", b"\xc3", b"\x1b", b"\xef\xbb\xbf", b"\xfe\xff"]) + s[i:]
+
+    def _tabs(self, rng, k):
+        return self.seeds[k].replace("  ", "\t", rng.choice([1, 10, 1000]))
+
+    def _bitflip(self, rng, k):
+        return flip_bits(rng, self.seeds[k].encode())
+
+    def _multi_doc(self, rng, k):
+        return self.seeds[k] + "\n---\n" + self.seeds[k] + rng.choice(["", "\n...\n", "\n--- !!str x\n"])
+
+    def _huge_scalar(self, rng, k):
+        n = 1_000_000 if self.big else 50_000
+        return (
+            self.seeds[k]
+            + "\nbig: "
+            + rng.choice(["9" * (n // 10), "x" * n, '"' + "\\x41" * (n // 10) + '"', "1" * 5000])
+        )
+
+    def _anchor_cycle(self, rng, k):
+        return "a: &a\n  b: *a\n" + rng.choice(["", self.seeds[k]])
+
+
+# ------------------------------------------------------------------------------- ckpt mutators
+class WireMutator(CaffemodelMutator):
+    """The caffemodel operators over another protobuf schema (MindSpore .ckpt)."""
+
+    def __init__(self, seeds: list[bytes], schema: dict, root: str, layer_fields: tuple[int, ...],
+                 blob_path: tuple[str, int], big: bool = False):  # fmt: skip
+        self.schema, self.root, self.layer_fields, self.blob_path = schema, root, layer_fields, blob_path
+        self.big = big
+        # MindSpore's crc_check trailer (b"crc_num" + 10-byte CRC-32) is kept aside and recomputed
+        # for most mutants, so that they reach the parser instead of failing the CRC check
+        self.crc = [s[-17:-10] == b"crc_num" for s in seeds]
+        self.seeds = [s[:-17] if c else s for s, c in zip(seeds, self.crc)]
+        self.trees = [pb_parse(s, schema, root) for s in self.seeds]
+        assert all(t is not None for t in self.trees)
+        self.bounds = []
+        for t in self.trees:
+            b: list[int] = []
+            pb_encode(t, b)
+            self.bounds.append(sorted(set(b)))
+
+    def truncations(self) -> Iterator[tuple[str, bytes]]:
+        for op, data in super().truncations():
+            yield op, data
+            yield op + "+crc", self._finish(random.Random(0), 0, data) if self.crc[0] else data
+
+    def _finish(self, rng: random.Random, k: int, data: bytes) -> bytes:
+        if not self.crc[k]:
+            return data
+        import zlib
+
+        crc = zlib.crc32(data) if rng.random() < 0.85 else rng.randrange(2**32)
+        return data + b"crc_num" + crc.to_bytes(10, "big")
+
+    OPS = ("bitflip", "setbytes", "truncate", "huge_length", "short_length", "wire_type", "dup_layer", "drop_layer",
+           "swap_layers", "nan_inf", "deep_nesting", "overlong_varint", "field0_group", "unknown_fields", "splice",
+           "random", "ckpt_dims", "ckpt_dtype", "ckpt_content")  # fmt: skip
+
+    def _nodes(self, tree, msg=None, num=None, wt=None):
+        out = []
+        for parent, i, m in pb_walk(tree, self.schema, self.root):
+            f = parent[i]
+            if (msg is None or m == msg) and (num is None or f.num == num) and (wt is None or f.wt == wt):
+                out.append((parent, i))
+        return out
+
+    def _layers(self, tree):
+        return [i for i, f in enumerate(tree) if f.num in self.layer_fields and f.wt == 2] or [0]
+
+    def _blobs(self, tree):
+        return self._nodes(tree, *self.blob_path, 2)
+
+    def _nan_inf(self, rng, k):
+        t = self._tree(k)
+        cands = self._nodes(t, "Tensor", 3, 2)
+        if not cands:
+            return self.seeds[k]
+        parent, i = rng.choice(cands)
+        raw = bytearray(parent[i].val if isinstance(parent[i].val, bytes) else b"")
+        for _ in range(rng.choice([1, 3, 100])):
+            if len(raw) >= 4:
+                j = rng.randrange(len(raw) // 4) * 4
+                raw[j : j + 4] = struct.pack("<f", rng.choice(SPECIAL_FLOATS))
+        parent[i] = PB(3, 2, bytes(raw))
+        return pb_encode(t)
+
+    def _deep_nesting(self, rng, k):
+        depth = rng.choice([10, 1000, 100_000] if self.big else [10, 1000, 5000])
+        return self.seeds[k] + nest(b"\x0a\x01x", [rng.choice([1, 2]) for _ in range(depth)])
+
+    def _ckpt_dims(self, rng, k):
+        t = self._tree(k)
+        cands = self._nodes(t, "Value", 2, 2)
+        if not cands:
+            return self.seeds[k]
+        parent, i = rng.choice(cands)
+        tensor = [f for f in (parent[i].val if isinstance(parent[i].val, list) else []) if f.num != 1]
+        dims = rng.choice([[0], [-1], [2**62, 2**62], [2**63 - 1], [2**64 - 1], [1] * 100, [], [0, 2**40], [3, -3]])
+        shape = (
+            [PB(1, 2, b"".join(_varint(d) for d in dims))]
+            if rng.random() < 0.5
+            else [PB(1, 0, d & (2**64 - 1)) for d in dims]
+        )
+        parent[i] = PB(2, 2, shape + tensor)
+        return pb_encode(t)
+
+    def _ckpt_dtype(self, rng, k):
+        t = self._tree(k)
+        cands = self._nodes(t, "Tensor", 2, 2)
+        if not cands:
+            return self.seeds[k]
+        parent, i = rng.choice(cands)
+        parent[i] = PB(
+            2,
+            2,
+            rng.choice(
+                [
+                    b"",
+                    b"Float16",
+                    b"Float64",
+                    b"Int8",
+                    b"UInt8",
+                    b"Bool",
+                    b"String",
+                    b"Complex64",
+                    b"BFloat16",
+                    b"\xff",
+                    b"Float32" * 100,
+                ]
+            ),
+        )
+        return pb_encode(t)
+
+    def _ckpt_content(self, rng, k):
+        t = self._tree(k)
+        cands = self._nodes(t, "Tensor", 3, 2)
+        if not cands:
+            return self.seeds[k]
+        parent, i = rng.choice(cands)
+        raw = parent[i].val if isinstance(parent[i].val, bytes) else b""
+        parent[i] = PB(3, 2, rng.choice([b"", raw[:-1], raw + b"\x00", raw + raw, raw[: len(raw) // 2]]))
+        return pb_encode(t)
+
+
+class SafetensorsMutator:
+    """Mutations of safetensors files (8-byte header length, JSON header, raw data)."""
+
+    def __init__(self, seeds: list[bytes], big: bool = False):
+        import json
+
+        self.json, self.seeds, self.big = json, seeds, big
+        self.headers = []
+        for s in seeds:
+            n = int.from_bytes(s[:8], "little")
+            self.headers.append((json.loads(s[8 : 8 + n]), s[8 + n :]))
+
+    def truncations(self) -> Iterator[tuple[str, bytes]]:
+        for s in self.seeds:
+            n = int.from_bytes(s[:8], "little")
+            for c in sorted({0, 1, 7, 8, 9, 8 + n // 2, 8 + n - 1, 8 + n, 8 + n + 1, len(s) - 1}):
+                yield "truncate@section", s[:c]
+
+    OPS = ("bitflip", "truncate", "header_length", "offsets", "shape", "dtype", "entry_type", "dup_keys",
+           "huge_header", "not_object", "deep_json", "extra_data")  # fmt: skip
+
+    def mutate(self, rng: random.Random, op: str | None = None) -> tuple[str, bytes]:
+        k = rng.randrange(len(self.seeds))
+        op = op or rng.choice(self.OPS)
+        return op, getattr(self, "_" + op)(rng, k)
+
+    def _pack(self, header: Any, data: bytes, declared: int | None = None) -> bytes:
+        h = header if isinstance(header, bytes) else self.json.dumps(header).encode()
+        return (len(h) if declared is None else declared).to_bytes(8, "little") + h + data
+
+    def _entry(self, rng, k):
+        header, data = copy.deepcopy(self.headers[k][0]), self.headers[k][1]
+        names = [n for n in header if n != "__metadata__"]
+        return header, data, header[rng.choice(names)]
+
+    def _bitflip(self, rng, k):
+        return flip_bits(rng, self.seeds[k])
+
+    def _truncate(self, rng, k):
+        return truncate_random(rng, self.seeds[k])
+
+    def _header_length(self, rng, k):
+        header, data = self.headers[k]
+        real = len(self.json.dumps(header).encode())
+        return self._pack(
+            header, data, rng.choice([0, 1, real - 1, real + 1, 2**63, 2**64 - 1, 2**32, len(self.seeds[k])])
+        )
+
+    def _offsets(self, rng, k):
+        header, data, e = self._entry(rng, k)
+        a, b = e["data_offsets"]
+        e["data_offsets"] = rng.choice(
+            [[b, a], [a, b + 4], [-4, b], [a, 2**63], [0, 0], [a], [a, b, 1], ["0", "4"], None, [1.5, 2]]
+        )
+        return self._pack(header, data)
+
+    def _shape(self, rng, k):
+        header, data, e = self._entry(rng, k)
+        e["shape"] = rng.choice(
+            [[-1], [2**62, 2**62], [0], [], [1] * 100, [2**64], ["3"], [[2]], None, [1.5], [0, 2**63]]
+        )
+        return self._pack(header, data)
+
+    def _dtype(self, rng, k):
+        header, data, e = self._entry(rng, k)
+        e["dtype"] = rng.choice(["F16", "BF16", "F64", "I64", "U8", "BOOL", "F8_E4M3", "XYZ", "", None, 4, ["F32"]])
+        return self._pack(header, data)
+
+    def _entry_type(self, rng, k):
+        header, data, _ = self._entry(rng, k)
+        header[rng.choice(list(header))] = rng.choice([None, 1, "x", [], {}, {"dtype": "F32"}])
+        return self._pack(header, data)
+
+    def _dup_keys(self, rng, k):
+        header, data = self.headers[k]
+        h = self.json.dumps(header)
+        return self._pack(("{" + h[1:-1] + ", " + h[1:-1] + "}").encode(), data)
+
+    def _huge_header(self, rng, k):
+        header, data = copy.deepcopy(self.headers[k][0]), self.headers[k][1]
+        for i in range(rng.choice([100, 2000])):
+            header[f"t{i}"] = {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
+        return self._pack(header, data)
+
+    def _not_object(self, rng, k):
+        return self._pack(rng.choice([b"[]", b'"x"', b"1", b"null", b"{", b"{}", b"\xff\xfe"]), self.headers[k][1])
+
+    def _deep_json(self, rng, k):
+        n = rng.choice([100, 10_000, 100_000 if self.big else 20_000])
+        return self._pack(b'{"a": ' + b"[" * n + b"]" * n + b"}", self.headers[k][1])
+
+    def _extra_data(self, rng, k):
+        return self.seeds[k] + b"\x00" * rng.choice([1, 3, 4096])
+
+
+# ---------------------------------------------------------------------------------- targets
+@dataclass
+class Target:
+    """A reader under test: `run(path)` reads one mutated file like a user's command would."""
+
+    name: str
+    suffix: str
+    run: Callable[[str], Any]
+    mutator: Any  # .truncations() and .mutate(rng) -> (operator, bytes)
+    mem_factor: float  # traced-memory peak allowed per byte of input (plus MEM_SLACK)
+    weight: float = 1.0  # share of the random corpus
+    note: str = ""
+    mem_abs: int = 0  # or up to this many bytes whatever the size (readers bounded by declared sizes)
+
+    def mem_limit(self, size: int) -> float:
+        return max(self.mem_factor * size + MEM_SLACK, self.mem_abs)
+
+
+TARGETS: dict[str, Target] = {}
+
+
+def register(t: Target) -> Target:
+    TARGETS[t.name] = t
+    return t
+
+
+_workdir: dict[str, str] = {}
+
+
+def _canonical() -> bool:
+    """caffe.load canonicalizes through senet_hub.zoo when that module exists."""
+    return importlib.util.find_spec("senet_hub.zoo") is not None
+
+
+def setup_targets(workdir: str | os.PathLike, big: bool = False) -> dict[str, Target]:
+    """Register every reader that exists now, with seed files written under `workdir`.
+
+    big: also generate multi-megabyte inputs (nesting 100,000 deep, 20,000 records; bench/fuzz.py).
+    """
+    workdir = os.fspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    TARGETS.clear()
+    seeds = caffe_seeds()
+    protos, models = [], []
+    for s in seeds:
+        p, w = os.path.join(workdir, f"{s.name}.prototxt"), os.path.join(workdir, f"{s.name}.caffemodel")
+        Path(p).write_text(s.prototxt)
+        Path(w).write_bytes(s.caffemodel)
+        protos.append(p)
+        models.append(w)
+    canonical = _canonical()
+    cm = CaffemodelMutator([s.caffemodel for s in seeds], big)
+    pm = PrototxtMutator([s.prototxt for s in seeds], big)
+
+    # mem_factor: a real caffemodel costs ~nothing (views on the map); crafted files made of minimal
+    # records (an empty layer per 12 bytes) cost ~25x in Python objects, capped by MAX_BLOBS
+    register(Target("caffemodel", ".caffemodel", lambda path: read_caffemodel(path), cm, mem_factor=32, weight=3,
+                    note="wire reader alone (read_caffemodel)"))  # fmt: skip
+
+    # the whole Caffe load with a mutated caffemodel: handlers and validation see the mutated blobs
+    # (paired with the seed's prototxt: the mutator picks seed k, the pair must match, so one per seed)
+    for k, s in enumerate(seeds):
+        cmk = CaffemodelMutator([s.caffemodel], big)
+        register(Target(f"caffe_load[{s.name}].caffemodel", ".caffemodel",
+                        lambda path, p=protos[k]: caffe.load(p, path, canonical=canonical), cmk, mem_factor=32,
+                        weight=0.7, note="caffe.load(seed prototxt, mutated caffemodel)"))  # fmt: skip
+        pmk = PrototxtMutator([s.prototxt], big)
+        register(Target(f"caffe_load[{s.name}].prototxt", ".prototxt",
+                        lambda path, w=models[k]: caffe.load(path, w, canonical=canonical), pmk, mem_factor=64,
+                        weight=0.8, note="caffe.load(mutated prototxt, seed caffemodel)"))  # fmt: skip
+    # without weights, per-channel vectors follow the declared shapes (capped by the reader)
+    register(Target("prototxt_graph", ".prototxt", lambda path: caffe.load_prototxt(path), pm, mem_factor=64,
+                    weight=1, note="caffe.load_prototxt (placeholder weights)", mem_abs=160 << 20))  # fmt: skip
+
+    _register_mindspore(workdir, big)
+    _register_manifest(workdir, big)
+    return TARGETS
+
+
+def _register_mindspore(workdir: str, big: bool) -> None:
+    if importlib.util.find_spec("senet_hub.converters.mindspore") is None:
+        return
+    try:
+        ms = importlib.import_module("senet_hub.converters.mindspore")
+    except Exception:  # being written by someone else: not finished yet
+        return
+    reader = getattr(ms, "read_ckpt_tensors", None)
+    writer = getattr(ms, "write_ckpt_tensors", None)
+    if reader is None or writer is None:
+        return
+    rng = np.random.default_rng(5)
+    tensors = [
+        {"conv1.weight": rng.normal(size=(4, 3, 3, 3)).astype("<f4"), "bn1.gamma": np.ones(4, "<f4"),
+         "bn1.moving_mean": rng.normal(size=4).astype("<f4"), "classifier.weight": rng.normal(size=(5, 4)).astype("<f4"),
+         "global_step": np.array([100], "<i4")},
+        {"scalar": np.array(1.5, "<f4"), "half": rng.normal(size=(2, 2)).astype("<f2"), "f64": np.arange(3.0)},
+    ]  # fmt: skip
+    seeds = []
+    for j, (ts, crc) in enumerate([(tensors[0], False), (tensors[0], True), (tensors[1], False)]):
+        p = os.path.join(workdir, f"seed{j}.ckpt")
+        try:
+            writer(ts, p, crc=crc)
+            reader(p)
+        except Exception:  # the writer or reader is not finished: skip rather than guess the format
+            return
+        seeds.append(Path(p).read_bytes())
+    register(Target("mindspore_ckpt", ".ckpt", lambda path: reader(path),
+                    WireMutator(seeds, CKPT_SCHEMA, "Checkpoint", (1,), ("Value", 2), big), mem_factor=4, weight=1.2,
+                    note="converters/mindspore.read_ckpt_tensors (protobuf .ckpt)"))  # fmt: skip
+    import json
+
+    data = rng.normal(size=12).astype("<f4").tobytes() + np.arange(4, dtype="<f2").tobytes()
+    header = {"__metadata__": {"format": "ms"}, "w": {"dtype": "F32", "shape": [3, 4], "data_offsets": [0, 48]},
+              "h": {"dtype": "F16", "shape": [4], "data_offsets": [48, 56]}}  # fmt: skip
+    h = json.dumps(header).encode()
+    st = len(h).to_bytes(8, "little") + h + data
+    p = os.path.join(workdir, "seed.safetensors")
+    Path(p).write_bytes(st)
+    try:
+        reader(p)
+    except Exception:
+        return
+    register(Target("mindspore_safetensors", ".ckpt", lambda path: reader(path), SafetensorsMutator([st], big),
+                    mem_factor=16, weight=0.4, note="converters/mindspore.read_ckpt_tensors (safetensors)"))  # fmt: skip
+
+
+def _register_manifest(workdir: str, big: bool) -> None:
+    if importlib.util.find_spec("senet_hub.manifest") is None:
+        return
+    try:
+        man = importlib.import_module("senet_hub.manifest")
+    except Exception:
+        return
+    loader = next(
+        (getattr(man, n) for n in ("load_manifest", "read_manifest", "load") if callable(getattr(man, n, None))), None
+    )
+    if loader is None:
+        return
+    seed_path = TESTS.parent / "weights_manifest.yaml"
+    try:
+        text = seed_path.read_text()
+        loader(str(seed_path))
+    except Exception:  # the loader does not take a path or rejects the repository's own manifest
+        return
+    # The shipped manifest cut after its first two models (anchors included): parsing costs ~1 ms
+    # per line, and every line is a truncation point. bench/fuzz.py --big uses all of it.
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("  - id:")]
+    small = "".join(lines[: starts[2]]) if len(starts) > 2 and not big else text
+    seeds = [small, "schema_version: 1\nmodels: []\n"]
+    # mem_abs: the loader reads with f.read(limit + 1), which reserves its 1 MiB limit up front
+    register(Target("manifest_yaml", ".yaml", lambda path: loader(path), YamlMutator(seeds, big), mem_factor=64, mem_abs=3 << 20,
+                    weight=0.5, note=f"senet_hub.manifest.{loader.__name__}"))  # fmt: skip
+
+
+# -------------------------------------------------------------------------------- the runner
+class Timeout(BaseException):
+    """Raised by SIGALRM inside a reader that runs too long (BaseException: no reader swallows it)."""
+
+
+@dataclass
+class Outcome:
+    target: str
+    op: str
+    size: int
+    result: str  # "ok", "SenetHubError subclass name", or "BUG <type>: <message>"
+    seconds: float
+    peak: int
+    data: bytes = field(repr=False, default=b"")
+
+    @property
+    def bug(self) -> bool:
+        return self.result.startswith("BUG")
+
+    def mem_ok(self, limit: float) -> bool:
+        return self.peak <= limit
+
+
+def corpus(n: int, seed: int = 0, targets: dict[str, Target] | None = None) -> Iterator[tuple[Target, str, bytes]]:
+    """A fixed-seed corpus of `n` inputs: every truncation of every seed first, then random operators
+    (each operator of each target in turn, so every one is exercised), weighted by target."""
+    targets = targets or TARGETS
+    rng = random.Random(seed)
+    count = 0
+    for t in targets.values():
+        for op, data in t.mutator.truncations():
+            if count >= n:
+                return
+            yield t, op, data
+            count += 1
+    names = list(targets)
+    weights = [targets[k].weight for k in names]
+    ops_cycle = {k: 0 for k in names}
+    while count < n:
+        t = targets[rng.choices(names, weights)[0]]
+        ops = t.mutator.OPS
+        op = ops[ops_cycle[t.name] % len(ops)]
+        ops_cycle[t.name] += 1
+        label, data = t.mutator.mutate(rng, op)
+        yield t, label, data
+        count += 1
+
+
+def _alarm(signum, frame):
+    raise Timeout()
+
+
+def run_one(t: Target, data: bytes, path: str, op: str = "", time_limit: float = TIME_LIMIT) -> Outcome:
+    """Write `data` to a fresh file (a reader may keep an mmap of the previous one) and read it."""
+    with open(path, "wb") as f:
+        f.write(data)
+    traced = tracemalloc.is_tracing()
+    base = tracemalloc.get_traced_memory()[0] if traced else 0
+    if traced:
+        tracemalloc.reset_peak()
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, time_limit)
+    t0 = time.perf_counter()
+    try:
+        t.run(path)
+        result = "ok"
+    except SenetHubError as e:
+        result = type(e).__name__
+        msg = str(e)
+        if "\n" in msg or not msg:
+            result = f"BUG message not one line: {msg!r}"
+    except Timeout:
+        result = f"BUG timeout after {time_limit} s"
+    except RecursionError as e:
+        result = f"BUG RecursionError: {str(e)[:200]}"
+    except Exception as e:  # noqa: BLE001 - the point: anything else is a bug
+        result = f"BUG {type(e).__name__}: {str(e)[:300]}"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    dt = time.perf_counter() - t0
+    peak = (tracemalloc.get_traced_memory()[1] - base) if traced else 0
+    os.unlink(path)
+    return Outcome(t.name, op, len(data), result, dt, peak, data)
+
+
+def warm_up(targets: dict[str, Target], workdir: str) -> None:
+    """Run each target's seeds once, untraced: first-time imports and caches are not the input's cost."""
+    for t in targets.values():
+        for _, data in list(t.mutator.truncations())[-1:]:
+            run_one(t, data, os.path.join(workdir, "warm" + t.suffix))
+        for op in t.mutator.OPS[:3]:
+            _, data = t.mutator.mutate(random.Random(0), op)
+            run_one(t, data, os.path.join(workdir, "warm" + t.suffix))
+
+
+def run_corpus(
+    n: int,
+    workdir: str | os.PathLike,
+    seed: int = 0,
+    trace_memory: bool = True,
+    big: bool = False,
+    on_outcome: Callable[[Outcome], None] | None = None,
+    targets: dict[str, Target] | None = None,
+) -> list[Outcome]:
+    """Run `n` corpus inputs (targets: from setup_targets(workdir, big) unless given)."""
+    workdir = os.fspath(workdir)
+    targets = targets if targets is not None else setup_targets(workdir, big)
+    warm_up(targets, workdir)
+    outcomes: list[Outcome] = []
+    gen = corpus(n, seed, targets)
+    while len(outcomes) < n:
+        batch = [x for _, x in zip(range(500), gen)]  # generated untraced: only the readers are measured
+        if not batch:
+            break
+        if trace_memory:
+            tracemalloc.start()
+        try:
+            for t, op, data in batch:
+                o = run_one(t, data, os.path.join(workdir, f"in{len(outcomes)}{t.suffix}"), op)
+                o.data = data if (o.bug or not o.mem_ok(t.mem_limit(o.size))) else b""
+                outcomes.append(o)
+                if on_outcome:
+                    on_outcome(o)
+        finally:
+            if trace_memory:
+                tracemalloc.stop()
+    return outcomes
+
+
+def summarize(outcomes: list[Outcome]) -> str:
+    by_target: dict[str, dict[str, int]] = {}
+    for o in outcomes:
+        key = "BUG" if o.bug else o.result
+        by_target.setdefault(o.target, {}).setdefault(key, 0)
+        by_target[o.target][key] += 1
+    lines = []
+    for t, counts in by_target.items():
+        tos = [o for o in outcomes if o.target == t]
+        worst_t = max(o.seconds for o in tos)
+        ratio = max((o.peak / o.size for o in tos if o.size >= 4096), default=0.0)
+        lines.append(
+            f"{t:<34} n={len(tos):>5}  {sum(o.seconds for o in tos):5.1f} s  max {worst_t * 1e3:6.1f} ms"
+            f"  max peak {max(o.peak for o in tos) / 2**20:5.1f} MiB"
+            f"  max peak/size (>= 4 KiB) {ratio:6.1f}  " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        )
+    return "\n".join(lines)
