@@ -74,18 +74,24 @@ def _pickle(entries: list[tuple[str, str, str, tuple[int, ...]]]) -> bytes:
     return b"".join(out)
 
 
+def _crc(chunks: list[memoryview | bytes]) -> int:
+    crc = 0
+    for c in chunks:
+        crc = zlib.crc32(c, crc)
+    return crc
+
+
 class _ZipWriter:
     """Minimal stored (uncompressed) zip writer with 64-byte aligned data, like torch's."""
 
     def __init__(self, f: BinaryIO):
         self.f, self.pos, self.central = f, 0, []
 
-    def add(self, name: str, chunks: list[memoryview | bytes]) -> None:
+    def add(self, name: str, chunks: list[memoryview | bytes], crc: int | None = None) -> None:
         fname = name.encode()
-        size, crc = 0, 0
-        for c in chunks:
-            crc = zlib.crc32(c, crc)
-            size += len(c) if isinstance(c, bytes) else c.nbytes
+        size = sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks)
+        if crc is None:
+            crc = _crc(chunks)
         if size >= 0xFFFFFFFF:
             raise ValueError(f"{name}: tensors over 4 GiB need zip64, not supported")
         pad = (-(self.pos + 30 + len(fname) + 4)) % ALIGN
@@ -96,6 +102,21 @@ class _ZipWriter:
             self.f.write(c)
         self.central.append((fname, crc, size, self.pos))
         self.pos += len(header) + len(fname) + len(extra) + size
+
+    def add_many(self, records: list[tuple[str, list[memoryview | bytes]]]) -> None:
+        """add() each record, computing the next record's CRC in a thread while this one is written
+        (zlib and file writes release the GIL: the two overlap on two cores)."""
+        if not records:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            nxt = pool.submit(_crc, records[0][1])
+            for i, (name, chunks) in enumerate(records):
+                crc = nxt.result()
+                if i + 1 < len(records):
+                    nxt = pool.submit(_crc, records[i + 1][1])
+                self.add(name, chunks, crc)
 
     def close(self) -> None:
         start = self.pos
@@ -144,8 +165,7 @@ def write_state_dict(tensors: Mapping[str, np.ndarray], f: BinaryIO, archive: st
     z.add(f"{archive}/.format_version", [b"1"])
     z.add(f"{archive}/.storage_alignment", [b"64"])
     z.add(f"{archive}/byteorder", [b"little"])
-    for name, data in records:
-        z.add(name, [data])
+    z.add_many([(name, [data]) for name, data in records])
     z.add(f"{archive}/version", [b"3\n"])
     z.close()
 
