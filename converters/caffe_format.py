@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from senet_hub.errors import FormatError, InputFileError
+from senet_hub.wire import WireReader
 
 # V1LayerParameter.LayerType enum (caffe.proto) -> V2 type string
 V1_TYPES = {
@@ -184,13 +185,14 @@ def read_prototxt(path: str | os.PathLike) -> tuple[dict[str, list[Any]], str]:
 
 
 # ------------------------------------------------------------------------------ wire format
-class _Wire:
-    """Minimal protobuf wire-format cursor over a buffer; every length is checked before use."""
+class _Wire(WireReader):
+    """The NetParameter cursor: names the layer being read and caps the number of fields."""
 
-    __slots__ = ("buf", "path", "what", "u8", "left")
+    __slots__ = ("what", "u8", "left")
 
     def __init__(self, buf: memoryview, path: str, what: str):
-        self.buf, self.path, self.what = buf, path, what
+        super().__init__(buf, path)
+        self.what = what
         self.left = MAX_FIELDS  # see spend()
         # blobs are views of this one array: a slice of it costs less than a memoryview + array per blob
         self.u8 = np.frombuffer(buf, np.uint8)
@@ -198,60 +200,13 @@ class _Wire:
     def error(self, msg: str) -> FormatError:
         return FormatError(f"{self.path}: {msg} in {self.what} (truncated or not a caffemodel?); re-download the file")
 
-    def varint(self, pos: int, end: int) -> tuple[int, int]:
-        result = shift = 0
-        buf = self.buf
-        while True:
-            if pos >= end:
-                raise self.error("varint runs past the end")
-            b = buf[pos]
-            pos += 1
-            result |= (b & 0x7F) << shift
-            if not b & 0x80:
-                return result, pos
-            shift += 7
-            if shift > 63:
-                raise self.error("varint longer than 10 bytes")
-
-    def fields(self, pos: int, end: int):
-        """Yield (field number, wire type, value or (start, stop) for length-delimited)."""
-        while pos < end:
-            key, pos = self.varint(pos, end)
-            field, wt = key >> 3, key & 7
-            if field == 0:
-                raise self.error("field number 0")
-            if wt == 0:
-                val, pos = self.varint(pos, end)
-                yield field, wt, val
-            elif wt == 2:
-                n, pos = self.varint(pos, end)
-                if n > end - pos:
-                    raise self.error(f"field {field} declares {n} bytes but only {end - pos} remain")
-                yield field, wt, (pos, pos + n)
-                pos += n
-            elif wt == 5:
-                if pos + 4 > end:
-                    raise self.error("fixed32 runs past the end")
-                yield field, wt, (pos, pos + 4)
-                pos += 4
-            elif wt == 1:
-                if pos + 8 > end:
-                    raise self.error("fixed64 runs past the end")
-                yield field, wt, (pos, pos + 8)
-                pos += 8
-            else:
-                raise self.error(f"unsupported wire type {wt} for field {field}")
-
     def spend(self) -> None:
         self.left -= 1
         if self.left < 0:
             raise self.error(f"more than {MAX_FIELDS} fields")
 
     def string(self, span: tuple[int, int]) -> str:
-        try:
-            return bytes(self.buf[span[0] : span[1]]).decode("utf-8")
-        except UnicodeDecodeError:
-            raise self.error("invalid UTF-8 in a name") from None
+        return self.text(span, "a name")
 
     def packed_ints(self, span: tuple[int, int], limit: int) -> list[int]:
         out, pos = [], span[0]

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from senet_hub.errors import FormatError, InputFileError, ModelError, SenetHubError
+from senet_hub.wire import WireReader
 
 # tensor_type string -> numpy dtype (little-endian as written on disk)
 CKPT_DTYPES: dict[str, str] = {
@@ -76,62 +77,8 @@ DENSE_CELLS = ("se_module.conv_reduce", "se_module.conv_expand")
 # ------------------------------------------------------------------------------------ reading
 
 
-class _Wire:
-    """Protobuf wire-format cursor over a buffer; every length is checked before use."""
-
-    __slots__ = ("buf", "path")
-
-    def __init__(self, buf: memoryview, path: str):
-        self.buf, self.path = buf, path
-
-    def error(self, msg: str) -> FormatError:
-        return FormatError(f"{self.path}: {msg} (truncated, corrupt, encrypted or not a MindSpore .ckpt?)")
-
-    def varint(self, pos: int, end: int) -> tuple[int, int]:
-        result = shift = 0
-        buf = self.buf
-        while True:
-            if pos >= end:
-                raise self.error("varint runs past the end of the data")
-            b = buf[pos]
-            pos += 1
-            result |= (b & 0x7F) << shift
-            if not b & 0x80:
-                return result, pos
-            shift += 7
-            if shift > 63:
-                raise self.error("varint longer than 10 bytes")
-
-    def fields(self, pos: int, end: int) -> Iterator[tuple[int, int, Any]]:
-        """Yield (field, wire type, int value or (start, stop) span)."""
-        while pos < end:
-            key, pos = self.varint(pos, end)
-            field, wt = key >> 3, key & 7
-            if field == 0:
-                raise self.error(f"field number 0 at byte {pos}")
-            if wt == 0:
-                val, pos = self.varint(pos, end)
-                yield field, wt, val
-            elif wt == 2:
-                n, pos = self.varint(pos, end)
-                if n > end - pos:
-                    raise self.error(f"field {field} at byte {pos} declares {n} bytes but only {end - pos} remain")
-                yield field, wt, (pos, pos + n)
-                pos += n
-            elif wt in (1, 5):
-                size = 8 if wt == 1 else 4
-                if size > end - pos:
-                    raise self.error(f"fixed-size field {field} runs past the end")
-                yield field, wt, (pos, pos + size)
-                pos += size
-            else:
-                raise self.error(f"unsupported wire type {wt} (field {field}) at byte {pos}")
-
-    def text(self, span: tuple[int, int], what: str) -> str:
-        try:
-            return bytes(self.buf[span[0] : span[1]]).decode("utf-8")
-        except UnicodeDecodeError:
-            raise self.error(f"{what} is not valid UTF-8") from None
+class _Wire(WireReader):
+    hint = "truncated, corrupt, encrypted or not a MindSpore .ckpt?"
 
 
 def _read_file(path: str) -> bytearray:
