@@ -395,13 +395,23 @@ def released_model(arch: str, seed: int = 0) -> Model:
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", RELEASED)
 def test_released_arch_matches_numpy(arch):
-    """Every released architecture: exported (function and inlined), final output vs float64 numpy."""
+    """Every released architecture: exported (function and inlined), every node and the final
+    output vs float64 numpy."""
     from senet_hub import verify
 
     model = released_model(arch)
     x = verify.default_input(model, batch=1)
     ref = numpy_ref.run(numpy_ref.build(model, np.float64), x, taps=False)[model.graph.output]
     for inline in (False, True):
+        report = verify.verify(
+            model,
+            ["numpy", "onnxruntime"],
+            x,
+            rtol=2e-3 if arch == "SENet-154" else 1e-3,
+            onnxruntime={"inline": inline},
+        )
+        assert report.passed, report.to_text()
+        assert all("onnxruntime" in r["results"] for r in report.rows)
         proto = ox.to_onnx(model, inline=inline)
         onnx.checker.check_model(proto, full_check=True)
         has_axpy = any(n.op == "axpy" for n in model.graph.nodes)  # SE-BN-Inception gates with channel_scale
