@@ -9,7 +9,6 @@ and renaming to canonical names is a separate step (``senet_hub.zoo.canonicalize
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -488,14 +487,6 @@ def _check_supported(layers: list[Layer], path: str) -> None:
 def _mean_comment(text: str) -> list[float] | None:
     m = re.search(r"#\s*mean_value\s*:\s*([\d.]+)\s*,\s*([\d.]+)\s*,\s*([\d.]+)", text)
     return [float(v) for v in m.groups()] if m else None
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_graph(

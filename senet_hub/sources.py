@@ -66,7 +66,7 @@ def load_model(
 def ensure_hashes(model: Model) -> Model:
     """Fill meta["source_sha256"] from the source files (done only for outputs that record it)."""
     if "source_sha256" not in model.meta and model.meta.get("source_paths"):
-        from .converters.caffe import sha256_file
+        from .cache import sha256_file
 
         model.meta["source_sha256"] = {
             k: sha256_file(p) for k, p in model.meta["source_paths"].items() if os.path.exists(p)

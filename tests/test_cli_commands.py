@@ -61,3 +61,23 @@ def test_verify_cli_json_and_outputs(tmp_path):
     # a tolerance no float32 backend can meet is a parity failure with its own exit code
     r = CliRunner().invoke(main, [*args, "--rtol", "1e-12"])
     assert r.exit_code == ParityError.exit_code
+
+
+def test_export_onnx_records_source_sha256(tmp_path):
+    import hashlib
+
+    onnx = __import__("pytest").importorskip("onnx", reason="onnx not installed (pip install 'senet-hub[onnx]')")
+    from senet_hub import zoo
+    from senet_hub.converters import caffe_writer
+
+    prototxt, caffemodel = caffe_writer.save(zoo.synthetic_model("seresnet18"), tmp_path / "m")
+    out = tmp_path / "m.onnx"
+    args = ["export-onnx", "--prototxt", prototxt, "--caffemodel", caffemodel, "-o", str(out)]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    recorded = json.loads(props["source_sha256"])
+    for role, path in (("prototxt", prototxt), ("caffemodel", caffemodel)):
+        with open(path, "rb") as f:
+            assert recorded[role] == hashlib.sha256(f.read()).hexdigest()
+    assert json.loads(props["input_convention"])["channel_order"] == "RGB"  # kept through the Caffe files
