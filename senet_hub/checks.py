@@ -18,9 +18,13 @@ def _finite(a: np.ndarray) -> bool:
     if a.dtype.kind not in "fc" or a.size == 0:
         return True
     if a.dtype.itemsize <= 4:
-        # float64 sum of float16/32 values cannot overflow, and any NaN or Inf makes it non-finite:
-        # one buffered pass, no temporary array of the tensor's size
-        return bool(np.isfinite(np.add.reduce(a, axis=None, dtype=np.float64)))
+        # Any NaN or Inf makes a sum non-finite, and a finite sum proves there is none. The native
+        # sum is twice as fast as a float64 one but may overflow on large finite values; only then
+        # decide with the float64 sum, which cannot overflow for float16/32 values.
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(np.add.reduce(a, axis=None)):
+                return True
+            return bool(np.isfinite(np.add.reduce(a, axis=None, dtype=np.float64)))
     flat = a.reshape(-1)
     return all(np.isfinite(flat[i : i + (1 << 20)]).all() for i in range(0, flat.size, 1 << 20))
 

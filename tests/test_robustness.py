@@ -380,3 +380,12 @@ def test_eight_concurrent_full_size_converts(resnet50, tmp_path):
     for t, n in set(jobs):
         _check_loads(outdir, n, t, want[t])
     assert temps(outdir) == []
+
+
+def test_finite_check_is_exact_at_the_edges():
+    """The fast float32 sum overflows on large finite weights: that must not be reported as Inf."""
+    from senet_hub.checks import _finite
+
+    assert _finite(np.full(10, 3e38, np.float32)) and _finite(np.full(100, 60000, np.float16))
+    assert not _finite(np.array([1, np.nan], np.float32)) and not _finite(np.array([np.inf, -np.inf], np.float32))
+    assert not _finite(np.array([np.inf, 1], np.float16)) and not _finite(np.array([0, -np.inf]))
