@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from senet_hub.errors import FormatError, InputFileError
-from senet_hub.wire import WireReader
+from senet_hub.wire import WireReader, read_bytes
 
 # V1LayerParameter.LayerType enum (caffe.proto) -> V2 type string
 V1_TYPES = {
@@ -44,26 +44,6 @@ MAX_BLOB_AXES = 32  # Caffe's kMaxBlobAxes (and numpy's ndim limit)
 # ~2,600) and fields; these caps bound a crafted file to about a second and ~30 MB.
 MAX_BLOBS = 1 << 16
 MAX_FIELDS = 1 << 20  # fields of the net, its layers and blobs, not counting float values
-
-
-def read_bytes(path: str | os.PathLike, what: str, limit: int | None = None) -> bytearray:
-    """Read a whole file into a writable buffer (frombuffer views on it are then writable)."""
-    try:
-        size = os.path.getsize(path)
-        if limit is not None and size > limit:  # before allocating anything for it
-            raise FormatError(f"{path}: {size} bytes is too large for a {what} (limit {limit}); pass the deploy file")
-        buf = bytearray(size)
-        with open(path, "rb") as f:
-            got = f.readinto(buf)
-    except FileNotFoundError:
-        raise InputFileError(f"{path}: {what} not found; check the path") from None
-    except IsADirectoryError:
-        raise InputFileError(f"{path}: is a directory, expected a {what} file") from None
-    except OSError as e:
-        raise InputFileError(f"{path}: cannot read {what}: {e.strerror or e}") from None
-    if got != size:
-        raise FormatError(f"{path}: file changed while reading ({got} of {size} bytes); try again")
-    return buf
 
 
 # ------------------------------------------------------------------------------ text format

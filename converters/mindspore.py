@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from senet_hub.errors import FormatError, InputFileError, ModelError, SenetHubError
-from senet_hub.wire import WireReader
+from senet_hub.errors import FormatError, ModelError, SenetHubError
+from senet_hub.wire import WireReader, read_bytes
 
 # tensor_type string -> numpy dtype (little-endian as written on disk)
 CKPT_DTYPES: dict[str, str] = {
@@ -79,23 +79,6 @@ DENSE_CELLS = ("se_module.conv_reduce", "se_module.conv_expand")
 
 class _Wire(WireReader):
     hint = "truncated, corrupt, encrypted or not a MindSpore .ckpt?"
-
-
-def _read_file(path: str) -> bytearray:
-    try:
-        size = os.path.getsize(path)
-        buf = bytearray(size)
-        with open(path, "rb") as f:  # read-only files (MindSpore writes 0400) are fine
-            got = f.readinto(buf)
-    except FileNotFoundError:
-        raise InputFileError(f"{path}: MindSpore checkpoint not found; check the path") from None
-    except IsADirectoryError:
-        raise InputFileError(f"{path}: is a directory, expected a .ckpt file") from None
-    except OSError as e:
-        raise InputFileError(f"{path}: cannot read the checkpoint: {e.strerror or e}") from None
-    if got != size:
-        raise FormatError(f"{path}: file changed while reading ({got} of {size} bytes); try again")
-    return buf
 
 
 def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
@@ -254,7 +237,7 @@ def read_ckpt_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     in-memory copy of the file.
     """
     path = os.fspath(path)
-    buf = _read_file(path)
+    buf = read_bytes(path, "MindSpore checkpoint")
     if not buf:
         raise FormatError(f"{path}: empty file, not a MindSpore checkpoint")
     if _looks_like_safetensors(buf):

@@ -7,10 +7,11 @@ subclasses it only to say, in `hint`, what a user should suspect when its file d
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import FormatError
+from .errors import FormatError, InputFileError
 
 
 class WireReader:
@@ -70,3 +71,27 @@ class WireReader:
             return bytes(self.buf[span[0] : span[1]]).decode("utf-8")
         except UnicodeDecodeError:
             raise self.error(f"{what} is not valid UTF-8") from None
+
+
+def read_bytes(path: str | os.PathLike, what: str, limit: int | None = None) -> bytearray:
+    """Read a whole input file into a writable buffer (frombuffer views on it are then writable).
+
+    Read-only files are fine (MindSpore writes checkpoints 0400); a file over `limit` bytes is
+    refused before anything is allocated for it.
+    """
+    try:
+        size = os.path.getsize(path)
+        if limit is not None and size > limit:
+            raise FormatError(f"{path}: {size} bytes is too large for a {what} (limit {limit}); pass the deploy file")
+        buf = bytearray(size)
+        with open(path, "rb") as f:
+            got = f.readinto(buf)
+    except FileNotFoundError:
+        raise InputFileError(f"{path}: {what} not found; check the path") from None
+    except IsADirectoryError:
+        raise InputFileError(f"{path}: is a directory, expected a {what} file") from None
+    except OSError as e:
+        raise InputFileError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    if got != size:
+        raise FormatError(f"{path}: file changed while reading ({got} of {size} bytes); try again")
+    return buf

@@ -54,32 +54,10 @@ TIME_LIMIT = 5.0  # seconds per input (a slow shared CPU; typical inputs take mi
 MEM_SLACK = 1 << 20  # bytes of fixed overhead allowed on top of the per-byte factor
 
 # ------------------------------------------------------------------------------------ seeds
-TINY = """
-name: "tiny"
-input: "data"
-input_shape { dim: 1 dim: 3 dim: 9 dim: 9 }
-layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
-        convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 bias_term: false } }
-layer { name: "conv/bn" type: "BatchNorm" bottom: "conv" top: "conv" }
-layer { name: "conv/scale" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
-layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
-layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
-layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param { num_output: 5 } }
-layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
-"""
+from test_caffe_reader import TINY  # noqa: E402  (the reader tests' nets: one definition)
+from test_caffe_reader import V1_NET as TINY_V1  # noqa: E402
 
 # V1 (`layers`, enum types, legacy input_dim header)
-TINY_V1 = """
-name: "tiny-v1"
-input: "data"
-input_dim: 1 input_dim: 3 input_dim: 9 input_dim: 9
-layers { name: "conv" type: CONVOLUTION bottom: "data" top: "conv"
-         convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 bias_term: false } }
-layers { name: "relu" type: RELU bottom: "conv" top: "conv" }
-layers { name: "pool" type: POOLING bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
-layers { name: "fc" type: INNER_PRODUCT bottom: "pool" top: "fc" inner_product_param { num_output: 5 } }
-layers { name: "prob" type: SOFTMAX bottom: "fc" top: "prob" }
-"""
 
 # An SE block with every layer type the reader handles (Axpy, two-bottom Scale, Split, Concat, ...)
 SE_TINY = """
