@@ -15,7 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt "setuptools>=77.0.3,<81" wheel
 	$(PIP) install -q -c constraints.txt torch==2.13.0 numpy==1.26.4
-	$(PIP) install -q --no-build-isolation -c constraints.txt -e ".[all,dev]"
+	$(PIP) install -q --no-build-isolation -c constraints.txt -e ".[all,dev,test]"
+	# consumers for the tests: --no-deps because they require torchvision, whose PyPI build
+	# for torch 2.13 is CUDA-linked; tests/stubs/torchvision stands in (test-only)
+	$(PIP) install -q --no-deps --no-build-isolation -c constraints.txt timm==1.0.31 pretrainedmodels==0.7.4 onnx2torch==1.5.15
 	touch $@
 
 demo: venv

@@ -26,6 +26,21 @@ RELEASED = [
 ]
 WITH_CAFFE_REFERENCE = ["SE-BN-Inception", "SE-ResNet-50", "SE-ResNet-101", "SE-ResNeXt-50"]
 
+# Test-only torchvision stand-in (tests/stubs/torchvision, see its docstring): PyPI's torchvision
+# for torch 2.13 is CUDA-linked and cannot import beside the CPU torch, and timm, pretrainedmodels
+# and onnx2torch import it. Appended (not prepended) so a real, working torchvision wins.
+STUBS = ROOT / "tests" / "stubs"
+if str(STUBS) not in sys.path:
+    sys.path.append(str(STUBS))
+
+
+def consumer_env() -> dict[str, str]:
+    """Environment for CLI subprocesses that load files into timm / Cadene / onnx2torch."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(STUBS)) if p)
+    return env
+
+
 needs_shared = pytest.mark.skipif(
     not MAKE_CAFFEMODEL.exists() or not CAFFE_REF_DIR.exists(),
     reason=f"../shared (real-Caffe reference outputs and tools/make_caffemodel.py) not found at {SHARED}",

@@ -1,0 +1,8 @@
+"""Stub: torchvision.ops (see the package docstring)."""
+
+from . import misc  # noqa: F401
+from .. import _unavailable
+
+nms = _unavailable("ops.nms")
+roi_align = _unavailable("ops.roi_align")
+batched_nms = _unavailable("ops.batched_nms")
