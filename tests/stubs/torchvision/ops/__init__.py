@@ -1,7 +1,7 @@
 """Stub: torchvision.ops (see the package docstring)."""
 
-from . import misc  # noqa: F401
 from .. import _unavailable
+from . import misc  # noqa: F401
 
 nms = _unavailable("ops.nms")
 roi_align = _unavailable("ops.roi_align")
