@@ -189,8 +189,17 @@ def convert(
     for f in files:
         _say(f"wrote {f} ({_size(f)})")
     _say(f"converted {model.arch} to {target} in {dt:.2f} s")
+    if target == "onnx":
+        _say(_onnx_runtimes(model, inline))
     if as_json:
         _emit_json({"arch": model.arch, "target": target, "files": files, "seconds": dt})
+
+
+def _onnx_runtimes(model: Any, inline: bool) -> str:
+    """The one line saying where the written .onnx runs (and the flag for the other runtimes)."""
+    from .builders.onnx import runtimes_message
+
+    return runtimes_message(model, inline)
 
 
 @main.command("export-onnx")
@@ -211,6 +220,7 @@ def export_onnx(output: str, opset: int | None, inline: bool, **src: Any) -> Non
         opts["opset"] = opset
     for f in save_model(model, "onnx", output, **opts):
         _say(f"wrote {f} ({_size(f)})")
+    _say(_onnx_runtimes(model, inline))
 
 
 @main.command()
@@ -376,7 +386,8 @@ def env(as_json: bool) -> None:
     rows = {}
     for name, (_, extra, probe) in BACKENDS.items():
         dist = {"torch": "torch", "cv2": "opencv-python-headless", "onnxruntime": "onnxruntime", "tensorflow": "tensorflow-cpu",
-                "mxnet": "mxnet", "chainer": "chainer", "mindspore": "mindspore", None: "numpy"}[probe]  # fmt: skip
+                "mxnet": "mxnet", "chainer": "chainer", "mindspore": "mindspore", "openvino": "openvino",
+                None: "numpy"}[probe]  # fmt: skip
         try:
             version = md.version(dist)
         except md.PackageNotFoundError:

@@ -25,12 +25,20 @@ BACKENDS: dict[str, tuple[str, str | None, str | None]] = {
     "torch": ("torch", "torch", "torch"),
     "opencv": ("opencv", "opencv", "cv2"),
     "onnxruntime": ("onnx", "onnx", "onnxruntime"),
+    "openvino": ("openvino", "openvino", "openvino"),
     "tensorflow": ("tensorflow", "tensorflow", "tensorflow"),
     "mxnet": ("mxnet", "mxnet", "mxnet"),
     "chainer": ("chainer", "chainer", "chainer"),
     "mindspore": ("mindspore", "mindspore", "mindspore"),
 }
-ALIASES = {"pytorch": "torch", "tf": "tensorflow", "ort": "onnxruntime", "cv2": "opencv", "numpy_ref": "numpy"}
+ALIASES = {
+    "pytorch": "torch",
+    "tf": "tensorflow",
+    "ort": "onnxruntime",
+    "cv2": "opencv",
+    "numpy_ref": "numpy",
+    "ov": "openvino",
+}
 
 
 def canonical_backend(name: str) -> str:

@@ -305,6 +305,28 @@ def to_onnx(model: Model, opset: int = DEFAULT_OPSET, inline: bool = False, batc
     return proto
 
 
+# The runtimes CI runs the written files in (tests/test_onnx_runtimes.py), by mode. OpenVINO and
+# onnx2torch do not expand model-local functions of a custom domain (FIELD_NOTES section 10).
+RUNTIMES_FUNCTION = ("onnxruntime", "onnx.reference")
+RUNTIMES_ALL = ("onnxruntime", "onnx.reference", "OpenVINO", "onnx2torch")
+
+
+def uses_custom_axpy(model: Model, inline: bool) -> bool:
+    """Whether the export holds the custom-domain Axpy node (SE-BN-Inception gates without Axpy)."""
+    return not inline and any(n.op == "axpy" for n in model.graph.nodes)
+
+
+def runtimes_message(model: Model, inline: bool) -> str:
+    """One line: which runtimes the written file runs in, and which flag gives a file for the others."""
+    if uses_custom_axpy(model, inline):
+        return (
+            f"runs in {' and '.join(RUNTIMES_FUNCTION)} (Axpy as custom op + function); "
+            "for OpenVINO and onnx2torch use --inline"
+        )
+    why = "standard ops only" if inline else "no Axpy in this model: standard ops only"
+    return f"runs in {', '.join(RUNTIMES_ALL[:-1])} and {RUNTIMES_ALL[-1]} ({why})"
+
+
 def _safe_name(s: str) -> str:
     return s or "senet"
 
