@@ -8,8 +8,9 @@ subclasses it only to say, in `hint`, what a user should suspect when its file d
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import FormatError, InputFileError
 
@@ -73,25 +74,71 @@ class WireReader:
             raise self.error(f"{what} is not valid UTF-8") from None
 
 
-def read_bytes(path: str | os.PathLike, what: str, limit: int | None = None) -> bytearray:
-    """Read a whole input file into a writable buffer (frombuffer views on it are then writable).
+def _stat_id(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
-    Read-only files are fine (MindSpore writes checkpoints 0400); a file over `limit` bytes is
-    refused before anything is allocated for it.
+
+def open_regular(path: str | os.PathLike, what: str) -> tuple[BinaryIO, os.stat_result]:
+    """Open an input that must be a regular file, without ever blocking.
+
+    A FIFO with no writer would block open() forever and a pipe reads as a short stream, so
+    anything that is not a regular file (FIFO, socket, device, directory) is refused before it
+    is opened; O_NONBLOCK covers the race where the name is swapped for a FIFO in between.
+    Returns the file and its fstat (for `check_unchanged`).
     """
     try:
-        size = os.path.getsize(path)
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputFileError(f"{path}: {what} not found; check the path") from None
+    except OSError as e:
+        raise InputFileError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputFileError(f"{path}: is a directory, expected a {what} file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputFileError(
+            f"{path}: is not a regular file (a FIFO, pipe, socket or device); save the {what} to a file and pass that"
+        )
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise InputFileError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    f = os.fdopen(fd, "rb")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        f.close()
+        raise InputFileError(f"{path}: is not a regular file; save the {what} to a file and pass that")
+    return f, st
+
+
+def check_unchanged(path: str | os.PathLike, f: BinaryIO, before: os.stat_result, what: str) -> None:
+    """FormatError when the file was truncated, rewritten or replaced while it was being read."""
+    try:
+        now_fd, now_path = os.fstat(f.fileno()), os.stat(path)
+    except OSError:
+        now_fd = now_path = None
+    if now_fd is None or _stat_id(now_fd) != _stat_id(before) or _stat_id(now_path) != _stat_id(before):
+        raise FormatError(f"{path}: the {what} changed while being read (another program is writing it); try again")
+
+
+def read_bytes(path: str | os.PathLike, what: str, limit: int | None = None) -> bytearray:
+    """Read a whole regular input file into a writable buffer (frombuffer views on it are then writable).
+
+    Read-only files are fine (MindSpore writes checkpoints 0400); a file over `limit` bytes is
+    refused before anything is allocated for it; a file that changes while being read is a
+    FormatError (exit 4), never a short or mixed buffer.
+    """
+    f, st = open_regular(path, what)
+    with f:
+        size = st.st_size
         if limit is not None and size > limit:
             raise FormatError(f"{path}: {size} bytes is too large for a {what} (limit {limit}); pass the deploy file")
         buf = bytearray(size)
-        with open(path, "rb") as f:
+        try:
             got = f.readinto(buf)
-    except FileNotFoundError:
-        raise InputFileError(f"{path}: {what} not found; check the path") from None
-    except IsADirectoryError:
-        raise InputFileError(f"{path}: is a directory, expected a {what} file") from None
-    except OSError as e:
-        raise InputFileError(f"{path}: cannot read {what}: {e.strerror or e}") from None
-    if got != size:
-        raise FormatError(f"{path}: file changed while reading ({got} of {size} bytes); try again")
+            extra = f.read(1)
+        except OSError as e:
+            raise InputFileError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+        if got != size or extra:
+            raise FormatError(f"{path}: the {what} changed while being read ({got} of {size} bytes); try again")
+        check_unchanged(path, f, st, what)
     return buf
