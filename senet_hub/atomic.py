@@ -35,6 +35,8 @@ _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
 # <host>-<pid>-<random>; the host part is missing in names written by older versions
 _TMP_RE = re.compile(re.escape(TMP_MARK) + r"(?:([0-9a-f]{6})-)?(\d+)-[0-9a-f]{8}$")
 FOREIGN_STALE_S = 24 * 3600  # temporaries of another host (shared folder) are left alone this long
+DIR_MARK = ".senet-hub-output"  # written into every directory output: marks it as replaceable by senet-hub
+NAME_MAX = 255  # bytes of one file name on the usual file systems (ext4, xfs, btrfs, tmpfs, APFS)
 SLOW_WRITE_ENV = "SENET_HUB_TEST_SLOW_WRITE"  # tests: seconds to sleep between writing and renaming
 
 
@@ -46,13 +48,46 @@ def check_writable(path: str | os.PathLike) -> None:
         raise OutputError(f"{path}: directory {d} does not exist; create it or choose another output path")
     if not os.access(d, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: directory {d} is not writable; choose another output path")
-    if os.path.isdir(path) and not os.path.splitext(path)[1] == "":
-        raise OutputError(f"{path}: is an existing directory; choose a file name")
+    if os.path.isdir(path):
+        if os.path.splitext(path)[1] != "" and not replaceable_dir(path):
+            raise OutputError(f"{path}: is an existing directory; choose a file name")
+        if not replaceable_dir(path):
+            raise OutputError(
+                f"{path}: is an existing directory that is neither empty, a SavedModel nor written by senet-hub; "
+                "it is left untouched: remove it yourself or choose another output path"
+            )
+
+
+def replaceable_dir(path: str | os.PathLike) -> bool:
+    """May an existing directory be replaced by an output? Only when nothing of the user's can be in it.
+
+    That is: empty, a TensorFlow SavedModel (saved_model.pb/.pbtxt at its top) or a directory
+    senet-hub wrote (it carries DIR_MARK). A user's folder of files is never moved aside or deleted.
+    """
+    try:
+        names = set(os.listdir(path))
+    except OSError:
+        return False
+    return not names or bool(names & {"saved_model.pb", "saved_model.pbtxt", DIR_MARK})
 
 
 def temp_name(path: str) -> str:
+    """A unique temporary name beside `path`; the final name's part is shortened to fit NAME_MAX.
+
+    The suffix (what clean_stale_temps recognises) is kept whole; the name part is cut on a UTF-8
+    character boundary, so any name the file system allows for the output can be written.
+    """
     d, base = os.path.split(os.path.abspath(path))
-    return os.path.join(d, f".{base}{TMP_MARK}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    suffix = f"{TMP_MARK}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    raw = os.fsencode(base)
+    room = NAME_MAX - 1 - len(suffix)
+    if len(raw) > room:
+        raw = raw[:room]
+        while raw and (raw[-1] & 0xC0) == 0x80:  # continuation bytes of a cut character
+            raw = raw[:-1]
+        if raw and raw[-1] >= 0xC0:  # the lead byte of the cut character
+            raw = raw[:-1]
+    return os.path.join(d, "." + os.fsdecode(raw) + suffix)
 
 
 def _remove(p: str) -> None:
@@ -133,7 +168,11 @@ def _fsync_dir(d: str) -> None:
 
 
 def _replace_dir(t: str, p: str) -> None:
-    """Rename directory t to p, replacing an existing p; concurrent writers of p may race."""
+    """Rename directory t to p, replacing an existing p; concurrent writers of p may race.
+
+    An existing p is moved aside (and then deleted) only when replaceable_dir allows it: checked
+    again here, right before, because the early check in check_writable was minutes ago.
+    """
     olds = []
     try:
         for _ in range(20):
@@ -143,6 +182,13 @@ def _replace_dir(t: str, p: str) -> None:
             except OSError as e:
                 if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
                     raise
+            if os.path.isdir(p) and not os.path.islink(p) and not replaceable_dir(p):
+                raise OutputError(
+                    f"{p}: is an existing directory that is neither empty, a SavedModel nor written by senet-hub; "
+                    "it is left untouched: remove it yourself or choose another output path"
+                )
+            if os.path.lexists(p) and not os.path.isdir(p):
+                raise OutputError(f"{p}: exists and is not a directory; remove it or choose another output path")
             old = temp_name(p)
             try:
                 os.rename(p, old)  # aside; another writer may have done it first
@@ -167,6 +213,9 @@ def atomic_outputs(paths: list[str]) -> Iterator[list[str]]:
     try:
         yield tmps
         for t in tmps:
+            if os.path.isdir(t) and not os.path.islink(t):
+                with open(os.path.join(t, DIR_MARK), "w") as f:  # replaceable by the next run
+                    f.write("written by senet-hub; this directory is replaced by the next run that writes it\n")
             if os.path.exists(t):
                 _fsync(t)
         slow = os.environ.get(SLOW_WRITE_ENV)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .errors import EXIT_CODES, InputFileError, ParityError, SenetHubError
+from .errors import EXIT_CODES, ParityError, SenetHubError, Terminated
 
 DEFAULT_BACKENDS = ("numpy", "torch", "opencv")
 
@@ -25,8 +25,12 @@ class _Group(click.Group):
     """Turns package errors into one line and a documented exit code; --debug shows the traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        previous = _on_sigterm()
         try:
             return super().invoke(ctx)
+        except Terminated:
+            _say("senet-hub: terminated")
+            ctx.exit(143)
         except SenetHubError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -45,6 +49,25 @@ class _Group(click.Group):
                 raise
             _say(f"senet-hub: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)")
             ctx.exit(1)
+        finally:
+            if previous is not None:
+                import signal
+
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _on_sigterm() -> Any:
+    """SIGTERM unwinds like Ctrl-C (atomic_outputs removes its temporaries); returns the old handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,9 +86,10 @@ main.epilog = "\b\nExit codes:\n" + "\n".join(f"  {k:>3}  {v}" for k, v in EXIT_
 
 SOURCE_OPTIONS = [
     click.option("--from", "source", type=click.Choice(["caffe", "mindspore", "zoo"]), help="Input format (inferred from the files given)."),
-    click.option("--prototxt", type=click.Path(dir_okay=False), help="Caffe deploy prototxt."),
-    click.option("--caffemodel", type=click.Path(dir_okay=False), help="Caffe weights."),
-    click.option("--ckpt", type=click.Path(dir_okay=False), help="MindSpore checkpoint (.ckpt)."),
+    # plain strings, not click.Path: a directory or unreadable input is the readers' exit 3, not a usage error
+    click.option("--prototxt", help="Caffe deploy prototxt."),
+    click.option("--caffemodel", help="Caffe weights."),
+    click.option("--ckpt", help="MindSpore checkpoint (.ckpt)."),
     click.option("--model", "model_id", help="A released model id (`senet-hub list`): files come from the checksum-verified cache."),
     click.option("--offline", is_flag=True, default=None, help="With --model: never touch the network (also SENET_HUB_OFFLINE=1)."),
     click.option("--arch", help="Architecture id (`senet-hub list`); for --from zoo and MindSpore checkpoints."),
@@ -112,6 +136,20 @@ def _load(
         f"loaded {model.arch}: {len(model.graph.nodes)} nodes, {n_params:.2f} M parameters ({time.perf_counter() - t:.2f} s)"
     )
     return model
+
+
+def _check_outputs(src: dict[str, Any], outputs: list[str], model: Any = None) -> None:
+    """Exit 7 before anything is written when an output is one of the inputs (by file identity).
+
+    Called before loading with the named input files, and again after with the model's recorded
+    source paths (for --model, whose files are only known once the cache has them).
+    """
+    from .paths import check_not_inputs
+
+    inputs = [src.get(k) for k in ("prototxt", "caffemodel", "ckpt")] + list(src.get("extra_inputs") or [])
+    if model is not None:
+        inputs += list((model.meta.get("source_paths") or {}).values())
+    check_not_inputs(inputs, outputs)
 
 
 def _warn_nonfinite(model: Any) -> None:
@@ -171,10 +209,15 @@ def convert(
 ) -> None:
     """Convert a model to another framework's native format."""
     from .atomic import check_writable
+    from .paths import output_files
     from .sources import save_model
 
-    check_writable(output)
+    outs = output_files(target, output)
+    _check_outputs(src, outs)
+    for f in outs:
+        check_writable(f)
     model = _load(**src)
+    _check_outputs(src, outs, model)
     _warn_nonfinite(model)
     opts: dict[str, Any] = {}
     if target == "onnx":
@@ -212,8 +255,10 @@ def export_onnx(output: str, opset: int | None, inline: bool, **src: Any) -> Non
     from .atomic import check_writable
     from .sources import save_model
 
+    _check_outputs(src, [output])
     check_writable(output)
     model = _load(**src)
+    _check_outputs(src, [output], model)
     _warn_nonfinite(model)
     opts: dict[str, Any] = {"inline": inline}
     if opset:
@@ -230,30 +275,41 @@ def export_onnx(output: str, opset: int | None, inline: bool, **src: Any) -> Non
     default=None,
     help=f"Comma-separated backends (default: {','.join(DEFAULT_BACKENDS)}, those installed).",
 )
-@click.option(
-    "--input", "input_path", type=click.Path(dir_okay=False), help="Input array (.npy, N x C x H x W float32)."
-)
-@click.option("--batch", type=int, default=2, show_default=True, help="Batch of the generated input.")
+@click.option("--input", "input_path", help="Input array (.npy, N x C x H x W float32).")
+@click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Batch of the generated input.")
 @click.option("--input-seed", type=int, default=7, show_default=True, help="Seed of the generated input.")
 @click.option(
-    "--rtol", type=float, default=1e-3, show_default=True, help="Per-node tolerance: max|d| <= rtol * max|ref|."
+    "--rtol",
+    type=float,
+    default=1e-3,
+    show_default=True,
+    callback=lambda c, p, v: _positive_finite(p, v),
+    help="Per-node tolerance: max|d| <= rtol * max|ref| (a finite number > 0).",
 )
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON ('-' for stdout).")
-@click.option("--markdown", "md_path", type=click.Path(dir_okay=False), help="Write the report as Markdown.")
+@click.option("--json", "json_path", help="Write the report as JSON ('-' for stdout).")
+@click.option("--markdown", "md_path", help="Write the report as Markdown.")
 @click.option(
     "--save-outputs",
     "save_dir",
-    type=click.Path(file_okay=False),
-    help="Write each backend's final output as DIR/<backend>.npy.",
+    help="Write each backend's final output as DIR/<backend>.npy (DIR is replaced as a whole).",
 )
-@click.option("--max-rows", type=int, default=None, help="Show only the first N nodes in the table.")
+@click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Show only the first N nodes in the table.")
 def verify(backends: str | None, input_path: str | None, batch: int, input_seed: int, rtol: float, json_path: str | None,
            md_path: str | None, save_dir: str | None, max_rows: int | None, **src: Any) -> None:  # fmt: skip
     """Run backends with taps on every node and compare them with the float64 numpy reference."""
-    import numpy as np
-
     from . import builders
     from . import verify as verify_mod
+    from .atomic import check_writable
+
+    outputs = [p for p in (json_path, md_path, save_dir) if p and p != "-"]
+    src_in = dict(src, extra_inputs=[input_path] if input_path else [])
+    _check_outputs(src_in, outputs)
+    for p in outputs:
+        check_writable(p)
+    if input_path:
+        from .npyio import check_exists
+
+        check_exists(input_path)
 
     if backends:
         names = [builders.canonical_backend(b) for b in backends.split(",") if b.strip()]
@@ -265,19 +321,19 @@ def verify(backends: str | None, input_path: str | None, batch: int, input_seed:
         if skipped:
             _say(f"not installed, skipped: {', '.join(skipped)}")
     model = _load(**src)
+    _check_outputs(src_in, outputs, model)
     from .checks import check_finite
 
     check_finite(model, fatal=True)  # NaN/Inf weights: ModelError (exit 5) naming the tensors
     if input_path:
-        try:
-            x = np.load(input_path)
-        except FileNotFoundError:
-            raise InputFileError(f"{input_path}: input array not found") from None
-        except (ValueError, OSError) as e:
-            raise InputFileError(f"{input_path}: not a .npy array ({e})") from None
+        from .errors import FormatError
+        from .npyio import read_npy
+
+        x = read_npy(input_path)
         want = " x ".join(map(str, model.graph.input_shape[1:]))
-        if x.ndim != 4 or x.shape[1:] != tuple(model.graph.input_shape[1:]):
-            raise InputFileError(f"{input_path}: input shape {x.shape} does not fit the model's N x {want}")
+        if x.ndim != 4 or x.shape[1:] != tuple(model.graph.input_shape[1:]) or x.shape[0] < 1:
+            shape = x.shape if x.ndim <= 8 else f"({x.ndim} dimensions)"
+            raise FormatError(f"{input_path}: input shape {shape} does not fit the model's N x {want}")
     else:
         x = verify_mod.default_input(model, batch, input_seed)
     report = verify_mod.verify(model, names, x, rtol=rtol, progress=_say)
@@ -291,14 +347,32 @@ def verify(backends: str | None, input_path: str | None, batch: int, input_seed:
     if md_path:
         _write_text(md_path, report.to_markdown())
     if save_dir:
-        os.makedirs(save_dir, exist_ok=True)
-        for b, out in report.outputs.items():
-            np.save(os.path.join(save_dir, f"{b}.npy"), out)
-        np.save(os.path.join(save_dir, "input.npy"), x)
+        _save_outputs(save_dir, report.outputs, x)
     if not report.passed:
         where = [f"{b}: first divergent node {n}" for b, n in report.first_divergent.items() if n]
         where += [f"{b}: {e}" for b, e in report.errors.items()]
         raise ParityError(f"parity failed for {model.arch}: " + "; ".join(where))
+
+
+def _positive_finite(param: click.Parameter, v: float) -> float:
+    import math
+
+    if not (math.isfinite(v) and v > 0):
+        raise click.BadParameter(f"{v} is not a finite number > 0", param=param)
+    return v
+
+
+def _save_outputs(save_dir: str, outputs: dict[str, Any], x: Any) -> None:
+    """DIR/<backend>.npy + DIR/input.npy, written as one directory: all of it or nothing (exit 7)."""
+    import numpy as np
+
+    from .atomic import atomic_outputs
+
+    with atomic_outputs([save_dir]) as (tmp,):
+        os.mkdir(tmp)
+        for b, out in outputs.items():
+            np.save(os.path.join(tmp, f"{b}.npy"), out)
+        np.save(os.path.join(tmp, "input.npy"), x)
 
 
 @functools.cache
@@ -420,9 +494,8 @@ def demo(outdir: str, arch: str) -> None:
     os.makedirs(outdir, exist_ok=True)
     prototxt = os.path.join(outdir, f"{arch}.prototxt")
     caffemodel = os.path.join(outdir, f"{arch}.synthetic.caffemodel")
-    with resources.as_file(resources.files("senet_hub.zoo_data") / f"{arch}.prototxt") as src:
-        with open(src) as f, open(prototxt, "w") as g:
-            g.write(f.read())
+    with resources.as_file(resources.files("senet_hub.zoo_data") / f"{arch}.prototxt") as src, open(src) as f:
+        _write_text(prototxt, f.read())
     _say("=" * 78)
     _say(f"senet-hub demo: {arch} from the bundled Caffe deploy prototxt")
     _say("NOTE: the released SENet weights are NOT bundled (no download here); this demo uses")

@@ -7,10 +7,15 @@ class SenetHubError(Exception):
     """Base class: a failure a user can act on. The message is one line: file, layer, what to do."""
 
     exit_code = 1
+    max_len = 2000  # a 500,000-dim shape in a crafted file must not become a 1.5 MB error line
 
     def __str__(self) -> str:
-        # names come from untrusted files: keep the message one printable line
-        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in super().__str__())
+        # names come from untrusted files: keep the message one printable line, of bounded length
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in super().__str__())
+        if len(text) > self.max_len:
+            cut = len(text) - self.max_len
+            text = f"{text[: self.max_len // 2]} ...[{cut} characters cut]... {text[-self.max_len // 2 :]}"
+        return text
 
 
 class InputFileError(SenetHubError):
@@ -67,6 +72,10 @@ class DownloadError(SenetHubError):
     exit_code = 11
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like KeyboardInterrupt, so temporaries are removed (exit 143)."""
+
+
 EXIT_CODES = {
     0: "success (verify: parity holds)",
     1: "other senet-hub error",
@@ -80,4 +89,6 @@ EXIT_CODES = {
     9: ChecksumError.__doc__,
     10: ParityError.__doc__,
     11: DownloadError.__doc__,
+    130: "interrupted (Ctrl-C); nothing half-written is left",
+    143: "terminated (SIGTERM); nothing half-written is left",
 }
