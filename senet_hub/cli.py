@@ -203,9 +203,34 @@ def _write_text(path: str, text: str) -> None:
     default=None,
     help="TensorFlow serving input layout (default nhwc).",
 )
+@click.option(
+    "--exact-input",
+    is_flag=True,
+    help="Refuse to fold an input convention inexactly into formats that cannot hold an input stage (.pth, .ckpt).",
+)
+@click.option(
+    "--verify",
+    "verify_file",
+    is_flag=True,
+    help="Load the written file the way its users do (default consumer per format) and compare it with the source model; exit 10 if it differs.",
+)
+@click.option(
+    "--consumer",
+    default=None,
+    help="With --verify: the consumer to load the file with (e.g. timm:legacy_seresnet50, openvino; `senet-hub consumers`).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def convert(
-    target: str, output: str, opset: int | None, inline: bool, layout: str | None, as_json: bool, **src: Any
+    target: str,
+    output: str,
+    opset: int | None,
+    inline: bool,
+    layout: str | None,
+    exact_input: bool,
+    verify_file: bool,
+    consumer: str | None,
+    as_json: bool,
+    **src: Any,
 ) -> None:
     """Convert a model to another framework's native format."""
     from .atomic import check_writable
@@ -226,16 +251,45 @@ def convert(
             opts["opset"] = opset
     if target == "tensorflow" and layout:
         opts["layout"] = layout
+    if consumer and not verify_file:
+        raise click.UsageError("--consumer names who loads the file for --verify; add --verify")
+    if verify_file:
+        _consumer_for(output, consumer)  # an unknown or missing consumer fails before the work
     t = time.perf_counter()
-    files = save_model(model, target, output, **opts)
+    files = save_model(model, target, output, exact_input=exact_input, say=_say, **opts)
     dt = time.perf_counter() - t
     for f in files:
         _say(f"wrote {f} ({_size(f)})")
     _say(f"converted {model.arch} to {target} in {dt:.2f} s")
     if target == "onnx":
         _say(_onnx_runtimes(model, inline))
+    summary = _verify_written(model, output, consumer) if verify_file else None
     if as_json:
-        _emit_json({"arch": model.arch, "target": target, "files": files, "seconds": dt})
+        _emit_json({"arch": model.arch, "target": target, "files": files, "seconds": dt, "verify": summary})
+    if summary and not summary["passed"]:
+        raise ParityError(
+            f"{output}: the written file does not compute the source model in {summary['consumer']} "
+            f"({summary['line']}); the file is kept for inspection"
+        )
+
+
+def _consumer_for(artifact: str, consumer: str | None) -> str:
+    """The consumer that loads `artifact` (the format's default when none is named), checked installed."""
+    from . import consumers
+
+    name = consumer or consumers.default_consumer(artifact)
+    consumers.check_available(name, artifact)
+    return name
+
+
+def _verify_written(model: Any, artifact: str, consumer: str | None) -> dict[str, Any]:
+    """Load the written file with its consumer and compare with the source model: one line, a summary."""
+    from . import consumers
+
+    report = consumers.verify_artifact(model, artifact, consumer, progress=_say)
+    line = consumers.summary_line(report)
+    _say(line)
+    return {"consumer": report.backends[0], "passed": report.passed, "line": line}
 
 
 def _onnx_runtimes(model: Any, inline: bool) -> str:
@@ -250,7 +304,20 @@ def _onnx_runtimes(model: Any, inline: bool) -> str:
 @click.option("-o", "--output", required=True, help="Output .onnx file.")
 @click.option("--opset", type=int, default=None, help="ONNX opset version (13-21 tested; default 17).")
 @click.option("--inline", is_flag=True, help="Write plain standard ops (Axpy function inlined).")
-def export_onnx(output: str, opset: int | None, inline: bool, **src: Any) -> None:
+@click.option(
+    "--verify",
+    "verify_file",
+    is_flag=True,
+    help="Load the written file the way its users do (default consumer per format) and compare it with the source model; exit 10 if it differs.",
+)
+@click.option(
+    "--consumer",
+    default=None,
+    help="With --verify: the consumer to load the file with (e.g. timm:legacy_seresnet50, openvino; `senet-hub consumers`).",
+)
+def export_onnx(
+    output: str, opset: int | None, inline: bool, verify_file: bool, consumer: str | None, **src: Any
+) -> None:
     """Export ONNX with Axpy as a custom-domain op plus a function fallback."""
     from .atomic import check_writable
     from .sources import save_model
@@ -263,9 +330,20 @@ def export_onnx(output: str, opset: int | None, inline: bool, **src: Any) -> Non
     opts: dict[str, Any] = {"inline": inline}
     if opset:
         opts["opset"] = opset
+    if consumer and not verify_file:
+        raise click.UsageError("--consumer names who loads the file for --verify; add --verify")
+    if verify_file:
+        _consumer_for(output, consumer)
     for f in save_model(model, "onnx", output, **opts):
         _say(f"wrote {f} ({_size(f)})")
     _say(_onnx_runtimes(model, inline))
+    if verify_file:
+        summary = _verify_written(model, output, consumer)
+        if not summary["passed"]:
+            raise ParityError(
+                f"{output}: the written file does not compute the source model in {summary['consumer']} "
+                f"({summary['line']}); the file is kept for inspection"
+            )
 
 
 @main.command()
@@ -278,6 +356,12 @@ def export_onnx(output: str, opset: int | None, inline: bool, **src: Any) -> Non
 @click.option("--input", "input_path", help="Input array (.npy, N x C x H x W float32).")
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Batch of the generated input.")
 @click.option("--input-seed", type=int, default=7, show_default=True, help="Seed of the generated input.")
+@click.option(
+    "--chunk",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Images per chunk: memory is bounded by one chunk's taps (default: what fits ~1.5 GB).",
+)
 @click.option(
     "--rtol",
     type=float,
@@ -294,15 +378,26 @@ def export_onnx(output: str, opset: int | None, inline: bool, **src: Any) -> Non
     help="Write each backend's final output as DIR/<backend>.npy (DIR is replaced as a whole).",
 )
 @click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Show only the first N nodes in the table.")
+@click.option(
+    "--artifact",
+    default=None,
+    help="A written file (.pth, .pt2, .pt, .onnx, SavedModel, .keras, MXNet prefix, .npz, Caffe prefix, .ckpt): load it with its consumer and compare it with the source model.",
+)
+@click.option(
+    "--consumer",
+    default=None,
+    help="With --artifact: who loads it (senet-hub, timm:<model>, cadene:<model>, torch.export, torchscript, onnxruntime, openvino, onnx2torch, onnx.reference, tensorflow, keras, mxnet, chainer, opencv, mindcv); default per format.",
+)
 def verify(backends: str | None, input_path: str | None, batch: int, input_seed: int, rtol: float, json_path: str | None,
-           md_path: str | None, save_dir: str | None, max_rows: int | None, **src: Any) -> None:  # fmt: skip
+           md_path: str | None, save_dir: str | None, max_rows: int | None, artifact: str | None, consumer: str | None,
+           chunk: int | None, **src: Any) -> None:  # fmt: skip
     """Run backends with taps on every node and compare them with the float64 numpy reference."""
     from . import builders
     from . import verify as verify_mod
     from .atomic import check_writable
 
     outputs = [p for p in (json_path, md_path, save_dir) if p and p != "-"]
-    src_in = dict(src, extra_inputs=[input_path] if input_path else [])
+    src_in = dict(src, extra_inputs=([input_path] if input_path else []) + ([artifact] if artifact else []))
     _check_outputs(src_in, outputs)
     for p in outputs:
         check_writable(p)
@@ -311,7 +406,16 @@ def verify(backends: str | None, input_path: str | None, batch: int, input_seed:
 
         check_exists(input_path)
 
-    if backends:
+    if consumer and not artifact:
+        raise click.UsageError("--consumer names who loads --artifact; add --artifact FILE")
+    if artifact and backends:
+        raise click.UsageError(
+            "--artifact checks one written file with its consumer; --backends checks senet-hub's builders: give one"
+        )
+    if artifact:
+        names = []
+        consumer = _consumer_for(artifact, consumer)
+    elif backends:
         names = [builders.canonical_backend(b) for b in backends.split(",") if b.strip()]
         for b in names:
             builders.get(b)  # a missing framework fails here, naming the extra
@@ -336,8 +440,15 @@ def verify(backends: str | None, input_path: str | None, batch: int, input_seed:
             raise FormatError(f"{input_path}: input shape {shape} does not fit the model's N x {want}")
     else:
         x = verify_mod.default_input(model, batch, input_seed)
-    report = verify_mod.verify(model, names, x, rtol=rtol, progress=_say)
+    if artifact:
+        from . import consumers
+
+        report = consumers.verify_artifact(model, artifact, consumer, x=x, rtol=rtol, progress=_say)
+    else:
+        report = verify_mod.verify(model, names, x, rtol=rtol, progress=_say, chunk=chunk)
     click.echo(report.to_text(max_rows))
+    if artifact:
+        _say(consumers.summary_line(report))
     if json_path:
         data = json.dumps(report.to_json(), indent=1, default=str)
         if json_path == "-":
@@ -506,8 +617,9 @@ def demo(outdir: str, arch: str) -> None:
     ctx = click.get_current_context()
     files = {"source": "caffe", "prototxt": prototxt, "caffemodel": caffemodel}
     for suffix in (".pth", ".pt2"):
-        _say(f"[2/3] senet-hub convert --from caffe --to pytorch -o {arch}{suffix}")
-        ctx.invoke(convert, target="pytorch", output=os.path.join(outdir, arch + suffix), **files)
+        # --verify: the written file itself, loaded the way its users load it, against the source
+        _say(f"[2/3] senet-hub convert --from caffe --to pytorch -o {arch}{suffix} --verify")
+        ctx.invoke(convert, target="pytorch", output=os.path.join(outdir, arch + suffix), verify_file=True, **files)
     _say("[3/3] senet-hub verify --backends numpy,torch,opencv")
     ctx.invoke(verify, json_path=os.path.join(outdir, "verify.json"), save_dir=os.path.join(outdir, "outputs"), **files)
 

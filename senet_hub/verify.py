@@ -160,18 +160,53 @@ class Report:
         return "\n".join(out)
 
 
+class NodeStats:
+    """max|d|, max|ref| and the cosine's sums of one node, accumulated exactly over chunks.
+
+    Maxima combine by max and the cosine's dot product and norms by sums, so a run in chunks
+    reports what one run over the whole batch would (up to float64 summation order), while only
+    one chunk's values are ever held.
+    """
+
+    __slots__ = ("max_abs", "scale", "dot", "nref", "ngot", "bad")
+
+    def __init__(self) -> None:
+        self.max_abs = self.scale = self.dot = self.nref = self.ngot = 0.0
+        self.bad = False  # shape mismatch or a non-finite difference: fails whatever the rest says
+
+    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
+        ref64, got64 = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+        if ref64.shape != got64.shape:
+            self.bad = True
+            return
+        if not ref64.size:
+            return
+        diff = float(np.abs(ref64 - got64).max())
+        if not np.isfinite(diff):
+            self.bad = True
+            return
+        r, g = ref64.ravel(), got64.ravel()
+        self.max_abs = max(self.max_abs, diff)
+        self.scale = max(self.scale, float(np.abs(r).max()))
+        self.dot += float(np.dot(r, g))
+        self.nref += float(np.dot(r, r))
+        self.ngot += float(np.dot(g, g))
+
+    def result(self, rtol: float) -> NodeResult:
+        if self.bad:
+            return NodeResult(float("inf"), float("inf"), 0.0, False)
+        diff, scale = self.max_abs, self.scale
+        rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
+        na, nb = np.sqrt(self.nref), np.sqrt(self.ngot)
+        cos = float(self.dot / (na * nb)) if na > 0 and nb > 0 else float(na == nb)
+        return NodeResult(diff, rel, cos, rel <= rtol)
+
+
 def compare(ref: np.ndarray, got: np.ndarray, rtol: float) -> NodeResult:
-    ref64, got64 = np.asarray(ref, np.float64), np.asarray(got, np.float64)
-    if ref64.shape != got64.shape:
-        return NodeResult(float("inf"), float("inf"), 0.0, False)
-    scale = float(np.abs(ref64).max()) if ref64.size else 0.0
-    diff = float(np.abs(ref64 - got64).max()) if ref64.size else 0.0
-    if not np.isfinite(diff):
-        return NodeResult(float("inf"), float("inf"), 0.0, False)
-    rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
-    na, nb = np.linalg.norm(ref64), np.linalg.norm(got64)
-    cos = float(np.dot(ref64.ravel(), got64.ravel()) / (na * nb)) if na > 0 and nb > 0 else float(na == nb)
-    return NodeResult(diff, rel, cos, rel <= rtol)
+    """One node's max|d|, max|d|/max|ref| and cosine; ok when max|d| <= rtol * max|ref|."""
+    st = NodeStats()
+    st.add(ref, got)
+    return st.result(rtol)
 
 
 def topk_agreement(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
@@ -183,19 +218,37 @@ def topk_agreement(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     return {"top1": top1, "top5": top5}
 
 
+TAP_BUDGET = 1.5e9  # bytes of taps (float64 reference + one backend's float32) held per chunk
+
+
+def default_chunk(model: Model, shapes: dict[str, tuple[int, ...]]) -> int:
+    """Images per chunk so that one chunk's taps (reference float64 + one backend) fit TAP_BUDGET."""
+    per_image = sum(int(np.prod(s[1:], dtype=np.int64)) for s in shapes.values()) * (8 + 4)
+    return max(1, int(TAP_BUDGET // max(per_image, 1)))
+
+
 def verify(
     model: Model,
     backends: list[str],
     x: np.ndarray | None = None,
     rtol: float = DEFAULT_RTOL,
     progress: Any = None,
+    chunk: int | None = None,
     **build_opts: Any,
 ) -> Report:
-    """Run each backend with taps on every node and compare with the float64 numpy reference."""
+    """Run each backend with taps on every node and compare with the float64 numpy reference.
+
+    Memory is bounded by one chunk, whatever the batch: per chunk the reference runs once, then
+    each backend in turn; its taps are folded into per-node statistics (NodeStats) and dropped
+    before the next backend runs. Only the final outputs of all images are kept (top-k, outputs).
+    """
     x = default_input(model) if x is None else np.asarray(x, np.float32)
     shapes = infer_shapes(model, tuple(x.shape))
     names = [builders.canonical_backend(b) for b in backends]
-    versions = {}
+    chunk = chunk or default_chunk(model, infer_shapes(model, (1, *x.shape[1:])))
+    if chunk < 1:
+        raise SenetHubError(f"chunk must be at least 1, got {chunk}")
+    versions: dict[str, str] = {}
     report = Report(
         model,
         names,
@@ -206,45 +259,82 @@ def verify(
         command=" ".join(sys.argv),
     )
     say = progress or (lambda msg: None)
-    t = time.perf_counter()
-    say("running the numpy float64 reference")
     from .builders import numpy_ref
 
-    ref = numpy_ref.run(numpy_ref.build(model, np.float64), x)
-    report.timings["numpy"] = time.perf_counter() - t
+    out = model.graph.output
+    ref_native = numpy_ref.build(model, np.float64)
     versions["numpy"] = np.__version__
-    results: dict[str, dict[str, np.ndarray]] = {"numpy": ref}
+    report.timings["numpy"] = 0.0
+    natives: dict[str, Any] = {}
+    mods: dict[str, Any] = {}
     for b in names:
-        if b == "numpy":
+        if b == "numpy" or b in natives:
             continue
-        say(f"running {b}")
         t = time.perf_counter()
-        mod = builders.get(b)
+        mod = mods[b] = builders.get(b)
         versions[b] = mod.available() or "?"
         try:
-            native = mod.build(model, **build_opts.get(b, {}))
-            results[b] = mod.run(native, x, taps=True)
+            natives[b] = mod.build(model, **build_opts.get(b, {}))
         except SenetHubError as e:  # this backend cannot run this model: report it, run the others
             report.errors[b] = str(e)
-            continue
         report.timings[b] = time.perf_counter() - t
+    stats: dict[str, dict[str, NodeStats]] = {b: {} for b in ["numpy", *natives]}
+    finals: dict[str, list[np.ndarray]] = {b: [] for b in stats}
+    missing_out: set[str] = set()
+    starts = range(0, x.shape[0], chunk)
+    for lo in starts:
+        xc = x[lo : lo + chunk]
+        part = f" (images {lo + 1}-{lo + len(xc)} of {x.shape[0]})" if len(starts) > 1 else ""
+        say(f"running the numpy float64 reference{part}")
+        t = time.perf_counter()
+        ref = numpy_ref.run(ref_native, xc)
+        report.timings["numpy"] += time.perf_counter() - t
+        _accumulate(stats["numpy"], ref, ref)
+        finals["numpy"].append(np.asarray(ref[out], np.float32))
+        for b, native in natives.items():
+            if b in report.errors:
+                continue
+            say(f"running {b}{part}")
+            t = time.perf_counter()
+            try:
+                got = mods[b].run(native, xc, taps=True)
+            except SenetHubError as e:
+                report.errors[b] = str(e)
+                continue
+            report.timings[b] += time.perf_counter() - t
+            _accumulate(stats[b], ref, got)
+            if out in got:
+                finals[b].append(np.asarray(got[out], np.float32))
+            else:
+                missing_out.add(b)
+            del got
+        del ref
     for n in model.graph.nodes:
         row = {"node": n.name, "source": list(n.source), "shape": list(shapes[n.name]), "results": {}}
-        for b, outs in results.items():
-            if n.name in outs:
-                row["results"][b] = compare(ref[n.name], outs[n.name], rtol)
+        for b, per_node in stats.items():
+            if b in report.errors:
+                continue
+            if n.name in per_node:
+                row["results"][b] = per_node[n.name].result(rtol)
         report.rows.append(row)
-    out = model.graph.output
-    for b, outs in results.items():
-        if b == "numpy" and len(names) > 1:
+    ref_out = np.concatenate(finals["numpy"])
+    for b in stats:
+        if b in report.errors or (b == "numpy" and len(names) > 1):
             continue
         report.first_divergent[b] = next(
             (r["node"] for r in report.rows if b in r["results"] and not r["results"][b].ok), None
         )
-        if out in outs:
-            report.topk[b] = topk_agreement(ref[out], outs[out])
-            report.outputs[b] = np.asarray(outs[out], np.float32)
-        else:
+        if b in missing_out or not finals[b]:
             report.errors[b] = f"produced no value for the graph output '{out}'"
-    report.outputs.setdefault("numpy", np.asarray(ref[out], np.float32))
+            continue
+        got_out = np.concatenate(finals[b])
+        report.topk[b] = topk_agreement(ref_out, got_out)
+        report.outputs[b] = got_out
+    report.outputs.setdefault("numpy", ref_out)
     return report
+
+
+def _accumulate(per_node: dict[str, NodeStats], ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> None:
+    for name, value in got.items():
+        if name in ref:
+            per_node.setdefault(name, NodeStats()).add(ref[name], value)
