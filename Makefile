@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.senet-hub-installed
 
-.PHONY: demo test test-fast lint format bench venv clean
+.PHONY: demo test test-fast lint format bench venv clean report-check
 
 venv: $(STAMP)
 
@@ -43,3 +43,9 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache *.egg-info
+
+# verify --html in a real headless browser (Debian's chromium; needs root for apt): renders the
+# chart and the tables (tests/test_verify_report.py::test_report_renders_in_a_headless_browser)
+report-check: venv
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+	SENET_HUB_REQUIRE_BROWSER=1 $(VENV)/bin/pytest -q tests/test_verify_report.py

@@ -354,6 +354,23 @@ def export_onnx(
     help=f"Comma-separated backends (default: {','.join(DEFAULT_BACKENDS)}, those installed).",
 )
 @click.option("--input", "input_path", help="Input array (.npy, N x C x H x W float32).")
+@click.option(
+    "--images",
+    "images_dir",
+    help="A folder of photos (recursive; ImageFolder or ImageNet-val layout), "
+    "preprocessed like `evaluate` does for this model.",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="With --images: use the first N readable images."
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="With --images: refuse a file that is not a readable image (default: skip and count).",
+)
+@click.option("--html", "html_path", help="Write a self-contained HTML report (chart, stage table, provenance).")
+@click.option("--plot", "plot_path", help="Write the per-node deviation chart as PNG.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output on stderr.")
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True, help="Batch of the generated input.")
 @click.option("--input-seed", type=int, default=7, show_default=True, help="Seed of the generated input.")
 @click.option(
@@ -390,13 +407,18 @@ def export_onnx(
 )
 def verify(backends: str | None, input_path: str | None, batch: int, input_seed: int, rtol: float, json_path: str | None,
            md_path: str | None, save_dir: str | None, max_rows: int | None, artifact: str | None, consumer: str | None,
-           chunk: int | None, **src: Any) -> None:  # fmt: skip
+           chunk: int | None, images_dir: str | None, limit: int | None, strict: bool, html_path: str | None,
+           plot_path: str | None, quiet: bool, **src: Any) -> None:  # fmt: skip
     """Run backends with taps on every node and compare them with the float64 numpy reference."""
     from . import builders
     from . import verify as verify_mod
     from .atomic import check_writable
 
-    outputs = [p for p in (json_path, md_path, save_dir) if p and p != "-"]
+    if images_dir and input_path:
+        raise click.UsageError("give --input X.npy or --images DIR, not both")
+    if (limit or strict) and not images_dir:
+        raise click.UsageError("--limit and --strict apply to --images DIR")
+    outputs = [p for p in (json_path, md_path, save_dir, html_path, plot_path) if p and p != "-"]
     src_in = dict(src, extra_inputs=([input_path] if input_path else []) + ([artifact] if artifact else []))
     _check_outputs(src_in, outputs)
     for p in outputs:
@@ -415,6 +437,9 @@ def verify(backends: str | None, input_path: str | None, batch: int, input_seed:
     if artifact:
         names = []
         consumer = _consumer_for(artifact, consumer)
+    elif backends and backends.strip().lower() == "all":
+        names = [b for b in builders.BACKENDS if _installed(b)]
+        _say(f"backends: {', '.join(names)} (every installed one)")
     elif backends:
         names = [builders.canonical_backend(b) for b in backends.split(",") if b.strip()]
         for b in names:
@@ -438,14 +463,25 @@ def verify(backends: str | None, input_path: str | None, batch: int, input_seed:
         if x.ndim != 4 or x.shape[1:] != tuple(model.graph.input_shape[1:]) or x.shape[0] < 1:
             shape = x.shape if x.ndim <= 8 else f"({x.ndim} dimensions)"
             raise FormatError(f"{input_path}: input shape {shape} does not fit the model's N x {want}")
+        provenance = {"file": os.path.abspath(input_path)}
+    elif images_dir:
+        from .images import load_images
+
+        imgs = load_images(images_dir, model.meta.get("input_convention") or {}, limit=limit, strict=strict)
+        x, provenance = imgs.x, imgs.provenance()
+        note = f"; skipped {len(imgs.skipped)} unreadable (first: {imgs.skipped[0][1]})" if imgs.skipped else ""
+        _say(f"images: {len(imgs.files)} from {images_dir}{note}")
     else:
         x = verify_mod.default_input(model, batch, input_seed)
+        provenance = {"generated": f"default_input(batch={batch}, seed={input_seed})"}
+    say, step = _progress(quiet)
     if artifact:
         from . import consumers
 
-        report = consumers.verify_artifact(model, artifact, consumer, x=x, rtol=rtol, progress=_say)
+        report = consumers.verify_artifact(model, artifact, consumer, x=x, rtol=rtol, progress=say)
     else:
-        report = verify_mod.verify(model, names, x, rtol=rtol, progress=_say, chunk=chunk)
+        report = verify_mod.verify(model, names, x, rtol=rtol, progress=say, chunk=chunk, step=step)
+    report.provenance = provenance
     click.echo(report.to_text(max_rows))
     if artifact:
         _say(consumers.summary_line(report))
@@ -457,12 +493,47 @@ def verify(backends: str | None, input_path: str | None, batch: int, input_seed:
             _write_text(json_path, data)
     if md_path:
         _write_text(md_path, report.to_markdown())
+    if html_path or plot_path:
+        from . import report_html
+
+        png = report_html.chart_png(report)
+        if plot_path:
+            _write_bytes(plot_path, png)
+        if html_path:
+            _write_text(html_path, report_html.to_html(report, png))
     if save_dir:
         _save_outputs(save_dir, report.outputs, x)
     if not report.passed:
         where = [f"{b}: first divergent node {n}" for b, n in report.first_divergent.items() if n]
         where += [f"{b}: {e}" for b, e in report.errors.items()]
         raise ParityError(f"parity failed for {model.arch}: " + "; ".join(where))
+
+
+def _progress(quiet: bool) -> tuple[Callable[[str], None], Callable[[int, int, str], None] | None]:
+    """(message, step) callbacks: a bar on a terminal, plain lines otherwise, nothing with --quiet."""
+    if quiet:
+        return (lambda msg: None), None
+    if not sys.stderr.isatty():
+        return _say, None
+    start = time.perf_counter()
+
+    def step(done: int, total: int, label: str) -> None:
+        width = 30
+        fill = int(width * done / max(total, 1))
+        el = time.perf_counter() - start
+        sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} {label[:40]:<40} {el:6.1f} s")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return (lambda msg: None), step
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    from .atomic import atomic_outputs
+
+    with atomic_outputs([path]) as tmp, open(tmp[0], "wb") as f:
+        f.write(data)
 
 
 def _positive_finite(param: click.Parameter, v: float) -> float:

@@ -63,6 +63,7 @@ class Report:
     timings: dict[str, float] = field(default_factory=dict)
     command: str = ""
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)  # where the input came from (--images: files)
 
     @property
     def passed(self) -> bool:
@@ -81,7 +82,7 @@ class Report:
             "versions": self.versions,
             "reference": "numpy float64",
             "tolerances": {"rtol_per_node": self.rtol, "rule": "max|delta| <= rtol * max|ref|", "top1": "identical"},
-            "input": {"shape": list(self.input_shape), "sha256": self.input_sha256},
+            "input": {"shape": list(self.input_shape), "sha256": self.input_sha256, **self.provenance},
             "backends": self.backends,
             "passed": self.passed,
             "first_divergent": self.first_divergent,
@@ -234,6 +235,7 @@ def verify(
     rtol: float = DEFAULT_RTOL,
     progress: Any = None,
     chunk: int | None = None,
+    step: Any = None,
     **build_opts: Any,
 ) -> Report:
     """Run each backend with taps on every node and compare with the float64 numpy reference.
@@ -241,6 +243,7 @@ def verify(
     Memory is bounded by one chunk, whatever the batch: per chunk the reference runs once, then
     each backend in turn; its taps are folded into per-node statistics (NodeStats) and dropped
     before the next backend runs. Only the final outputs of all images are kept (top-k, outputs).
+    `step(done, total, label)` is called after each (backend, chunk) run, for a progress bar.
     """
     x = default_input(model) if x is None else np.asarray(x, np.float32)
     shapes = infer_shapes(model, tuple(x.shape))
@@ -282,6 +285,8 @@ def verify(
     finals: dict[str, list[np.ndarray]] = {b: [] for b in stats}
     missing_out: set[str] = set()
     starts = range(0, x.shape[0], chunk)
+    total, done = len(starts) * (1 + len(natives)), 0
+    tick = step or (lambda done, total, label: None)
     for lo in starts:
         xc = x[lo : lo + chunk]
         part = f" (images {lo + 1}-{lo + len(xc)} of {x.shape[0]})" if len(starts) > 1 else ""
@@ -289,6 +294,8 @@ def verify(
         t = time.perf_counter()
         ref = numpy_ref.run(ref_native, xc)
         report.timings["numpy"] += time.perf_counter() - t
+        done += 1
+        tick(done, total, f"numpy{part}")
         _accumulate(stats["numpy"], ref, ref)
         finals["numpy"].append(np.asarray(ref[out], np.float32))
         for b, native in natives.items():
@@ -302,6 +309,8 @@ def verify(
                 report.errors[b] = str(e)
                 continue
             report.timings[b] += time.perf_counter() - t
+            done += 1
+            tick(done, total, f"{b}{part}")
             _accumulate(stats[b], ref, got)
             if out in got:
                 finals[b].append(np.asarray(got[out], np.float32))
