@@ -17,7 +17,9 @@ ARCHS = [pytest.param(a, marks=pytest.mark.slow) if a in BIG else a for a in zoo
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_pth_loads_strict_into_senet_hub_module(arch, tmp_path):
-    tb = pytest.importorskip("senet_hub.builders.torch", reason="torch not installed (pip install 'senet-hub[torch]')")
+    pytest.importorskip("torch", reason="torch not installed (pip install 'senet-hub[torch]')")
+    from senet_hub.builders import torch as tb
+
     model = zoo.synthetic_model(arch, seed=1)
     path = tmp_path / "m.pth"
     save_pth(model, str(path))

@@ -191,7 +191,7 @@ def test_kill_mid_write_leaves_old_or_nothing(tmp_path, target, out, finals):
 def resnet50(tmp_path_factory):
     """SE-ResNet-50 with synthetic weights as real Caffe files (112 MB caffemodel) and the
     reference outputs of one conversion per target."""
-    zoo = pytest.importorskip("senet_hub.zoo")
+    from senet_hub import zoo
     from senet_hub.converters import caffe_writer
 
     d = tmp_path_factory.mktemp("r50")

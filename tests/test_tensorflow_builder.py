@@ -20,12 +20,9 @@ from senet_hub.builders import numpy_ref  # noqa: E402
 from senet_hub.errors import OutputError  # noqa: E402
 from senet_hub.graph import OPS, Graph, Model, Node, expected_params, output_shape, pool_out, validate  # noqa: E402
 
-tfb = pytest.importorskip("senet_hub.builders.tensorflow", reason="tensorflow is not installed")
-
-try:
-    from senet_hub import zoo
-except ImportError:  # written by another part of the project
-    zoo = None
+pytest.importorskip("tensorflow", reason="tensorflow is not installed")  # third-party: may skip
+from senet_hub import zoo  # noqa: E402  (ours: a broken module fails, never skips)
+from senet_hub.builders import tensorflow as tfb  # noqa: E402
 
 TOL = 1e-4  # per node, relative to max |reference|
 
@@ -506,14 +503,12 @@ def _some_nodes(model: Model) -> list[str]:
     return [*pick, model.graph.output]
 
 
-@pytest.mark.skipif(zoo is None, reason="senet_hub.zoo not available")
 def test_se_resnext50_matches_reference():
     model = zoo.synthetic_model("SE-ResNeXt-50")
     _check_full_size(model, names=_some_nodes(model))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(zoo is None, reason="senet_hub.zoo not available")
 @pytest.mark.parametrize("arch", ZOO_ARCHS)
 def test_all_archs_match_reference(arch):
     _check_full_size(zoo.synthetic_model(arch), batch=2)
