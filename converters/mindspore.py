@@ -497,7 +497,10 @@ def to_mindcv(model: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def save_ckpt(model: Any, path: str | os.PathLike, crc: bool = False) -> str:
+METADATA_TAG = "senet_hub_metadata"  # a "str" entry: MindSpore loads it as a str, load_param_into_net skips it
+
+
+def save_ckpt(model: Any, path: str | os.PathLike, crc: bool = False, metadata: dict | None = None) -> str:
     """Write a model as a MindSpore .ckpt; returns the path.
 
     A model of a MindCV architecture gets MindCV's names (``mindcv.create_model(arch)`` +
@@ -505,13 +508,34 @@ def save_ckpt(model: Any, path: str | os.PathLike, crc: bool = False) -> str:
     its canonical names with MindSpore's BatchNorm parameter names (``gamma``, ``beta``,
     ``moving_mean``, ``moving_variance``), for a MindSpore network whose cells sit at the
     canonical paths.
+
+    A checkpoint holds only parameters, so a graph with an input_norm stage is refused (fold it
+    first: senet_hub.sources.save_model does). `metadata` (senet_hub.pth.metadata_record) is
+    stored as one string entry, ``senet_hub_metadata`` (JSON), last: MindSpore's load_checkpoint
+    returns it as a str and load_param_into_net leaves it out; read it with read_metadata.
     """
     from senet_hub import zoo_mindcv
     from senet_hub.graph import infer_shapes
+    from senet_hub.pth import check_weights_only
 
     if zoo_mindcv.is_arch(model.arch):
-        tensors = to_mindcv(model)
+        tensors = to_mindcv(model)  # refuses any graph that is not MindCV's, an input stage included
     else:
+        check_weights_only(model, "a MindSpore checkpoint")
         infer_shapes(model)
         tensors = {mk: np.asarray(model.weights[ck], np.float32) for ck, mk in generic_names(model)}
+    if metadata is not None:
+        tensors[METADATA_TAG] = np.array(json.dumps(metadata, sort_keys=True, default=str))
     return write_ckpt_tensors(tensors, path, crc=crc)
+
+
+def read_metadata(path: str | os.PathLike) -> dict | None:
+    """The senet-hub record of a .ckpt (see save_ckpt), or None when it has none."""
+    entry = read_ckpt_tensors(path).get(METADATA_TAG)
+    if entry is None or entry.dtype.kind != "U":
+        return None
+    try:
+        data = json.loads(str(entry.reshape(-1)[0]) if entry.size else "")
+    except ValueError as e:
+        raise FormatError(f"{os.fspath(path)}: unreadable {METADATA_TAG} entry ({e}); rewrite the file") from None
+    return data if isinstance(data, dict) and data.get("format") == "senet-hub" else None

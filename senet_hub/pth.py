@@ -6,12 +6,20 @@ from a persistent storage id), one `data/<key>` record per storage (aligned to 6
 `version` / `byteorder` records. Importing torch costs about a second; writing the archive
 ourselves streams the weights (often views on a memory-mapped caffemodel) straight to disk.
 `torch.load(path)` (weights_only or not) reads the result; a test checks it against torch.save.
-Timestamps are fixed, so the bytes depend only on the tensors.
+Timestamps are fixed, so the bytes depend only on the tensors (and the metadata record).
+
+A file senet-hub writes from a model also holds one extra zip member, ``<archive>/senet_hub.json``:
+what a state_dict has no field for (architecture, input convention, class order, how an input
+stage was folded, source hashes). torch's reader opens members by name and never lists them, so
+``torch.load`` (weights_only too, and mmap) and strict ``load_state_dict`` see only the tensors;
+``read_metadata`` reads the record back with zipfile + json, never unpickling anything.
 """
 
 from __future__ import annotations
 
+import json
 import struct
+import zipfile
 import zlib
 from collections.abc import Mapping
 from typing import BinaryIO
@@ -147,8 +155,15 @@ class _ZipWriter:
         self.f.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, n, n, self.pos - start, start, 0))
 
 
-def write_state_dict(tensors: Mapping[str, np.ndarray], f: BinaryIO, archive: str = "archive") -> None:
-    """Write `tensors` (name -> numpy array, C order) as torch.save would write the dict of tensors."""
+METADATA_NAME = "senet_hub.json"
+METADATA_LIMIT = 1 << 20  # the record is a few hundred bytes; refuse to read a huge member
+
+
+def write_state_dict(
+    tensors: Mapping[str, np.ndarray], f: BinaryIO, archive: str = "archive", metadata: dict | None = None
+) -> None:
+    """Write `tensors` (name -> numpy array, C order) as torch.save would write the dict of tensors;
+    `metadata` (JSON-serialisable) goes into the extra member ``<archive>/senet_hub.json``."""
     entries, records = [], []
     for i, (key, arr) in enumerate(tensors.items()):
         a = np.asarray(arr)
@@ -166,6 +181,8 @@ def write_state_dict(tensors: Mapping[str, np.ndarray], f: BinaryIO, archive: st
     z.add(f"{archive}/.storage_alignment", [b"64"])
     z.add(f"{archive}/byteorder", [b"little"])
     z.add_many([(name, [data]) for name, data in records])
+    if metadata is not None:
+        z.add(f"{archive}/{METADATA_NAME}", [json.dumps(metadata, sort_keys=True, default=str).encode("utf-8")])
     z.add(f"{archive}/version", [b"3\n"])
     z.close()
 
@@ -202,11 +219,73 @@ def model_state_dict(model) -> dict[str, np.ndarray]:
     return out
 
 
-def save_model(model, path: str) -> list[str]:
-    """Write the model's state_dict as a .pth file, atomically, without importing torch."""
+def metadata_record(model) -> dict:
+    """What a state_dict file cannot say by itself: the record read_metadata returns."""
+    from . import __version__
+
+    meta = model.meta
+    return {
+        "format": "senet-hub",
+        "version": __version__,
+        "arch": meta.get("arch"),
+        "input_convention": meta.get("input_convention"),
+        "class_order": meta.get("class_order"),
+        "input_fold": meta.get("input_fold"),
+        "source_sha256": meta.get("source_sha256"),
+    }
+
+
+def check_weights_only(model, what: str = "a .pth state_dict") -> None:
+    """Refuse a model whose input convention lives in an input_norm stage: the stage has no
+    parameters, so a state_dict would drop it silently and a consumer's model (timm, Cadene) would
+    compute the source convention (fold it first, as sources.save_model does). A graph with no
+    input convention (e.g. a test graph of every op) is written as is: its input_norm lives in the
+    graph senet-hub loads the file with (builders.torch.load_state_dict(graph, path))."""
+    from .errors import UnsupportedError
+
+    stages = [n.name for n in model.graph.nodes if n.op == "input_norm"]
+    if stages and model.meta.get("input_convention"):
+        raise UnsupportedError(
+            f"{model.arch}: node '{stages[0]}' (the input convention stage) has no weights, so {what} cannot "
+            "hold it; fold it into conv1 (senet_hub.transforms.fold_input_stage) or write .pt2/.pt/ONNX"
+        )
+
+
+def save_model(model, path: str, metadata: dict | None = None) -> list[str]:
+    """Write the model's state_dict as a .pth file, atomically, without importing torch;
+    with `metadata` (see metadata_record) the file carries that record too."""
     from .atomic import atomic_outputs
 
+    check_weights_only(model)
     sd = model_state_dict(model)
     with atomic_outputs([path]) as (tmp,), open(tmp, "wb") as f:
-        write_state_dict(sd, f)
+        write_state_dict(sd, f, metadata=metadata)
     return [path]
+
+
+def read_metadata(path: str) -> dict | None:
+    """The senet-hub record of a .pth (zipfile + json, nothing unpickled); None when the file is not
+    a zip archive or has no such record. An unreadable path raises InputFileError (exit 3)."""
+    from .errors import FormatError
+    from .wire import open_regular
+
+    f, _ = open_regular(path, "PyTorch state_dict")
+    with f:
+        try:
+            zf = zipfile.ZipFile(f)
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return None
+        with zf:
+            names = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith("/" + METADATA_NAME)]
+            if not names:
+                return None
+            info = zf.getinfo(names[0])
+            if info.file_size > METADATA_LIMIT:
+                raise FormatError(f"{path}: {names[0]} is {info.file_size} bytes, not a senet-hub record")
+            try:
+                data = json.loads(zf.read(info).decode("utf-8"))
+            except (zipfile.BadZipFile, OSError, ValueError, UnicodeDecodeError) as e:
+                raise FormatError(f"{path}: unreadable {names[0]} ({e}); rewrite the file with senet-hub") from None
+    if not isinstance(data, dict) or data.get("format") != "senet-hub":
+        return None
+    return data
