@@ -196,6 +196,11 @@ def test_weights_only_writers_never_drop_a_stage(tmp_path):
         pth.save_model(exact, str(tmp_path / "m.pth"))
     with pytest.raises(UnsupportedError, match="input_norm"):
         msc.save_ckpt(exact, tmp_path / "m.ckpt")
+    pytest.importorskip("torch")
+    from senet_hub.builders import torch as tb
+
+    with pytest.raises(UnsupportedError, match="input stage"):  # a module's InputNorm buffers
+        tb.save(tb.build(exact), str(tmp_path / "m.pth"))
     assert os.listdir(tmp_path) == []
 
 

@@ -380,6 +380,11 @@ def save(model: Model | SENetModule, path: str | os.PathLike, format: str | None
         return save_pth(model, path)
     module = _as_module(model)
     if fmt == "state_dict":
+        if any(isinstance(m, InputNorm) for m in module.modules()):  # its buffers are not in a state_dict
+            raise UnsupportedError(
+                f"{path}: a .pth state_dict cannot hold the input stage; pass the Model (sources.save_model "
+                "folds it into conv1) or write .pt2/.pt, which hold it exactly"
+            )
         data = state_dict_bytes(module)
         with atomic_outputs([path]) as (tmp,), open(tmp, "wb") as f:
             f.write(data)
