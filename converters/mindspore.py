@@ -438,6 +438,11 @@ def from_mindcv(tensors: dict[str, np.ndarray], arch: str, path: str = "<tensors
         "source_dtype": sorted(dtypes),
         "ignored_entries": len(other),
     }
+    record = _record(tensors.get(METADATA_TAG))
+    if record:  # written by senet-hub: the convention and class order folded into the weights
+        for k in ("input_convention", "class_order", "input_fold"):
+            if record.get(k):
+                meta[k] = record[k]
     model = Model(graph, weights, meta)
     validate(model)
     return model
@@ -531,11 +536,14 @@ def save_ckpt(model: Any, path: str | os.PathLike, crc: bool = False, metadata: 
 
 def read_metadata(path: str | os.PathLike) -> dict | None:
     """The senet-hub record of a .ckpt (see save_ckpt), or None when it has none."""
-    entry = read_ckpt_tensors(path).get(METADATA_TAG)
+    return _record(read_ckpt_tensors(path).get(METADATA_TAG), os.fspath(path))
+
+
+def _record(entry: np.ndarray | None, path: str = "<tensors>") -> dict | None:
     if entry is None or entry.dtype.kind != "U":
         return None
     try:
         data = json.loads(str(entry.reshape(-1)[0]) if entry.size else "")
     except ValueError as e:
-        raise FormatError(f"{os.fspath(path)}: unreadable {METADATA_TAG} entry ({e}); rewrite the file") from None
+        raise FormatError(f"{path}: unreadable {METADATA_TAG} entry ({e}); rewrite the file") from None
     return data if isinstance(data, dict) and data.get("format") == "senet-hub" else None

@@ -220,6 +220,8 @@ def test_ckpt_gets_the_fold_and_the_record(tmp_path):
     meta = msc.read_metadata(p)
     assert meta["arch"] == "seresnet18" and meta["input_convention"]["channel_order"] == "BGR"
     assert meta["input_fold"]["from"]["channel_order"] == "RGB" and back.meta["ignored_entries"] == 1
+    # read back, the model says what it takes: the record's convention, not MindCV's default
+    assert back.meta["input_convention"]["channel_order"] == "BGR" and back.meta["input_fold"]["exact"] is False
     assert msc.read_metadata(msc.save_ckpt(src, tmp_path / "plain.ckpt")) is None
 
 
