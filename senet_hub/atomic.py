@@ -117,7 +117,7 @@ def clean_stale_temps(directory: str | os.PathLike) -> list[str]:
     only when their process is gone (this host), or when they are a day old (another host's, on a
     shared folder). A live writer's temporaries are never removed. Returns what was removed.
     """
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(directory)
     except OSError:

@@ -23,11 +23,12 @@ def _emit_json(data: Any) -> None:
 def _human(n: int | None) -> str:
     if n is None:
         return "-"
+    v = float(n)
     for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
+        if v < 1000 or unit == "GB":
+            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
+        v /= 1000
+    return str(v)
 
 
 _offline_opt = click.option(

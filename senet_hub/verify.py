@@ -336,13 +336,14 @@ def verify(
             del got
         del ref
     for n in model.graph.nodes:
-        row = {"node": n.name, "source": list(n.source), "shape": list(shapes[n.name]), "results": {}}
-        for b, per_node in stats.items():
-            if b in report.errors:
-                continue
-            if n.name in per_node:
-                row["results"][b] = per_node[n.name].result(rtol)
-        report.rows.append(row)
+        results = {
+            b: per_node[n.name].result(rtol)
+            for b, per_node in stats.items()
+            if b not in report.errors and n.name in per_node
+        }
+        report.rows.append(
+            {"node": n.name, "source": list(n.source), "shape": list(shapes[n.name]), "results": results}
+        )
     ref_out = np.concatenate(finals["numpy"])
     for b in stats:
         if b in report.errors or (b == "numpy" and len(names) > 1):

@@ -7,6 +7,7 @@ subclasses it only to say, in `hint`, what a user should suspect when its file d
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from collections.abc import Iterator
@@ -78,7 +79,7 @@ def _stat_id(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def open_regular(path: str | os.PathLike, what: str) -> tuple[BinaryIO, os.stat_result]:
+def open_regular(path: str | os.PathLike, what: str) -> tuple[io.BufferedReader, os.stat_result]:
     """Open an input that must be a regular file, without ever blocking.
 
     A FIFO with no writer would block open() forever and a pipe reads as a short stream, so
@@ -102,7 +103,7 @@ def open_regular(path: str | os.PathLike, what: str) -> tuple[BinaryIO, os.stat_
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
         raise InputFileError(f"{path}: cannot read {what}: {e.strerror or e}") from None
-    f = os.fdopen(fd, "rb")
+    f = io.open(fd, "rb")  # noqa: UP020  (a BufferedReader: readinto, typed)
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         f.close()
@@ -113,10 +114,10 @@ def open_regular(path: str | os.PathLike, what: str) -> tuple[BinaryIO, os.stat_
 def check_unchanged(path: str | os.PathLike, f: BinaryIO, before: os.stat_result, what: str) -> None:
     """FormatError when the file was truncated, rewritten or replaced while it was being read."""
     try:
-        now_fd, now_path = os.fstat(f.fileno()), os.stat(path)
+        same = _stat_id(os.fstat(f.fileno())) == _stat_id(before) == _stat_id(os.stat(path))
     except OSError:
-        now_fd = now_path = None
-    if now_fd is None or _stat_id(now_fd) != _stat_id(before) or _stat_id(now_path) != _stat_id(before):
+        same = False
+    if not same:
         raise FormatError(f"{path}: the {what} changed while being read (another program is writing it); try again")
 
 

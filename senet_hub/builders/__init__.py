@@ -15,6 +15,7 @@ Modules are imported lazily, so ``import senet_hub`` loads no framework.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from ..errors import MissingFrameworkError
