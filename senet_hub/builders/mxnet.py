@@ -72,7 +72,7 @@ def _pool(mx: Any, x: Any, name: str, a: dict, is_max: bool, in_hw: tuple[int, i
     inc = bool(a.get("count_include_pad", True))
     conv = "full" if ceil else "valid"
     typ = "max" if is_max else "avg"
-    kw_ = dict(kernel=(kh, kw), stride=(sh, sw), pool_type=typ, pooling_convention=conv)
+    kw_: dict[str, Any] = dict(kernel=(kh, kw), stride=(sh, sw), pool_type=typ, pooling_convention=conv)
     if not is_max:
         kw_["count_include_pad"] = inc
     h, w = in_hw
@@ -159,7 +159,7 @@ def to_symbol(model: Model, input_shape: tuple[int, ...] | None = None) -> tuple
         elif op == "sigmoid":
             y = mx.sym.Activation(x, act_type="sigmoid", name=name)
         elif op in ("max_pool", "avg_pool"):
-            y = _pool(mx, x, name, a, op == "max_pool", shapes[n.inputs[0]][2:4])
+            y = _pool(mx, x, name, a, op == "max_pool", _hw(shapes[n.inputs[0]]))
         elif op == "global_avg_pool":
             y = mx.sym.Pooling(x, kernel=(1, 1), global_pool=True, pool_type="avg", name=name)
         elif op == "axpy":
@@ -241,7 +241,7 @@ class MXNetModel:
             while len(self._executors) >= 4:  # bound the cache (one executor per input shape)
                 self._executors.pop(next(iter(self._executors)))
             mx = import_mxnet()
-            out, nodes = self.symbols_for(tuple(shape[2:4]))
+            out, nodes = self.symbols_for(_hw(shape))
             sym = mx.sym.Group(list(nodes.values())) if taps else out
             args = {k: self.arg_params[k] for k in sym.list_arguments() if k != self.model.graph.input_name}
             args[self.model.graph.input_name] = mx.nd.zeros(shape, ctx=mx.cpu())
@@ -283,7 +283,7 @@ def build(model: Model) -> MXNetModel:
         {k: _nd(mx, v) for k, v in arg.items()},
         {k: _nd(mx, v) for k, v in aux.items()},
     )
-    m._symbols[tuple(g.input_shape[2:4])] = (out, nodes)
+    m._symbols[_hw(g.input_shape)] = (out, nodes)
     return m
 
 
@@ -302,6 +302,11 @@ def _nd(mx: Any, a: np.ndarray) -> Any:
     out = mx.nd.empty(a.shape, ctx=mx.cpu(), dtype=np.float32)
     out[:] = np.ascontiguousarray(a, np.float32)
     return out
+
+
+def _hw(shape: Any) -> tuple[int, int]:
+    """(H, W) of an N x C x H x W shape."""
+    return int(shape[2]), int(shape[3])
 
 
 def _prefix(path: str) -> str:
@@ -325,8 +330,8 @@ def save(model: Model, path: str | os.PathLike, epoch: int = 0, **_: Any) -> lis
     data = {f"arg:{k}": _nd(mx, v) for k, v in arg.items()}
     data.update({f"aux:{k}": _nd(mx, v) for k, v in aux.items()})
     with atomic_outputs(files) as (tmp_sym, tmp_params):
-        with open(tmp_sym, "w", encoding="utf-8") as f:
-            f.write(sym.tojson())
+        with open(tmp_sym, "w", encoding="utf-8") as fs:
+            fs.write(sym.tojson())
         try:
             mx.nd.save(tmp_params, data)
         except mx.base.MXNetError as e:  # report as an I/O failure: temporaries removed, OutputError raised

@@ -92,6 +92,10 @@ def _canvas(t: torch.Tensor, top: int, left: int, eh: int, ew: int, fill: float)
 class InputNorm(nn.Module):
     """y[:, c] = x[:, perm[c]] * scale[c] + shift[c] (non-persistent buffers: no state_dict keys)."""
 
+    perm: torch.Tensor
+    scale: torch.Tensor
+    shift: torch.Tensor
+
     def __init__(self, perm: list[int], scale: list[float], shift: list[float]) -> None:
         super().__init__()
         self.register_buffer("perm", torch.tensor(list(perm), dtype=torch.long), persistent=False)
@@ -111,8 +115,15 @@ class _Step:
 
     __slots__ = ("name", "op", "inputs", "module", "cfg")
 
+    module: Any  # the node's nn.Module (None for parameter-free ops, whose cfg says what to do)
+
     def __init__(self, name: str, op: str, inputs: list[str], module: nn.Module | None, cfg: dict[str, Any]) -> None:
         self.name, self.op, self.inputs, self.module, self.cfg = name, op, list(inputs), module, cfg
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    a, b = (int(x) for x in v)
+    return a, b
 
 
 def _pool_cfg(a: dict) -> dict[str, Any]:
@@ -173,7 +184,8 @@ class SENetModule(nn.Module):
                 mods[n.name] = m
         steps = []
         for n in graph.nodes:
-            a, cfg = n.attrs, {}
+            a = n.attrs
+            cfg: dict[str, Any] = {}
             if n.op == "conv":
                 pt, pl, pb, pr = (int(p) for p in a["pad"])
                 cfg = {"pad": None if (pt == pb and pl == pr) else (pl, pr, pt, pb)}
@@ -202,10 +214,10 @@ class SENetModule(nn.Module):
             return nn.Conv2d(
                 shapes[n.inputs[0]][1],
                 int(a["out_channels"]),
-                tuple(int(k) for k in a["kernel"]),
-                stride=tuple(int(s) for s in a["stride"]),
+                _pair(a["kernel"]),
+                stride=_pair(a["stride"]),
                 padding=(pt, pl) if (pt == pb and pl == pr) else 0,
-                dilation=tuple(int(d) for d in a.get("dilation", (1, 1))),
+                dilation=_pair(a.get("dilation", (1, 1))),
                 groups=int(a.get("groups", 1)),
                 bias=bool(a.get("bias", True)),
             )
@@ -311,6 +323,8 @@ def build(model: Model) -> SENetModule:
     shapes = infer_shapes(model)
     module = SENetModule(model.graph, shapes)
     _load_weights(module, model)
+    # save() refuses a .pth of a module whose input convention lives in an InputNorm stage
+    module.senet_input_convention = model.meta.get("input_convention")
     module.eval()
     return module
 
@@ -380,7 +394,8 @@ def save(model: Model | SENetModule, path: str | os.PathLike, format: str | None
         return save_pth(model, path)
     module = _as_module(model)
     if fmt == "state_dict":
-        if any(isinstance(m, InputNorm) for m in module.modules()):  # its buffers are not in a state_dict
+        staged = any(isinstance(m, InputNorm) for m in module.modules())
+        if staged and getattr(module, "senet_input_convention", None):  # its buffers are not in a state_dict
             raise UnsupportedError(
                 f"{path}: a .pth state_dict cannot hold the input stage; pass the Model (sources.save_model "
                 "folds it into conv1) or write .pt2/.pt, which hold it exactly"
