@@ -39,6 +39,10 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             _say("senet-hub: interrupted")
             ctx.exit(130)
+        except BrokenPipeError:  # `senet-hub list | head`: the reader left; not an error of ours
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # the final flush at exit must not fail again
+            ctx.exit(141)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except MemoryError:
@@ -254,7 +258,7 @@ def convert(
     if consumer and not verify_file:
         raise click.UsageError("--consumer names who loads the file for --verify; add --verify")
     if verify_file:
-        _consumer_for(output, consumer)  # an unknown or missing consumer fails before the work
+        _consumer_for(output, consumer, target)  # an unknown or missing consumer fails before the work
     t = time.perf_counter()
     files = save_model(model, target, output, exact_input=exact_input, say=_say, **opts)
     dt = time.perf_counter() - t
@@ -273,12 +277,15 @@ def convert(
         )
 
 
-def _consumer_for(artifact: str, consumer: str | None) -> str:
-    """The consumer that loads `artifact` (the format's default when none is named), checked installed."""
+def _consumer_for(artifact: str, consumer: str | None, target: str | None = None) -> str:
+    """The consumer that loads `artifact` (the format's default when none is named), checked installed.
+
+    `target` (convert's --to) tells the format of a file not written yet (a prefix, a directory).
+    """
     from . import consumers
 
-    name = consumer or consumers.default_consumer(artifact)
-    consumers.check_available(name, artifact)
+    name = consumer or consumers.default_consumer(artifact, target)
+    consumers.check_available(name, artifact, target)
     return name
 
 
@@ -333,7 +340,7 @@ def export_onnx(
     if consumer and not verify_file:
         raise click.UsageError("--consumer names who loads the file for --verify; add --verify")
     if verify_file:
-        _consumer_for(output, consumer)
+        _consumer_for(output, consumer, "onnx")
     for f in save_model(model, "onnx", output, **opts):
         _say(f"wrote {f} ({_size(f)})")
     _say(_onnx_runtimes(model, inline))
@@ -475,6 +482,7 @@ def verify(backends: str | None, input_path: str | None, batch: int, input_seed:
         x = verify_mod.default_input(model, batch, input_seed)
         provenance = {"generated": f"default_input(batch={batch}, seed={input_seed})"}
     say, step = _progress(quiet)
+    report: verify_mod.Report
     if artifact:
         from . import consumers
 
@@ -629,6 +637,23 @@ def info(model_id: str, as_json: bool) -> None:
 
     for k, v in d.items():
         show(k, v)
+
+
+@main.command("consumers")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def consumers_cmd(as_json: bool) -> None:
+    """The tools `verify --artifact` / `--verify` load written files with, and what each loads."""
+    from .consumers import list_consumers
+
+    rows = list_consumers()
+    if as_json:
+        _emit_json(rows)
+        return
+    for r in rows:
+        state = "installed" if r["installed"] else f"not installed ({r['install']})"
+        default = f"; default for {', '.join(r['default_for'])}" if r["default_for"] else ""
+        click.echo(f"{r['name']:<15} {', '.join(r['formats'])}{default}; {state}")
+        click.echo(f"{'':<15} {r['description']}")
 
 
 @main.command()
