@@ -22,7 +22,7 @@ import numpy as np
 from senet_hub.errors import FormatError, ModelError, UnsupportedError
 from senet_hub.graph import Graph, Model, Node, output_shape, validate
 
-from .caffe_format import V1_TYPE_NAMES, read_caffemodel, read_prototxt
+from .caffe_format import V1_TYPE_NAMES, Quoted, read_caffemodel, read_prototxt, show
 
 CAFFE_INPUT_CONVENTION = {
     "channel_order": "BGR",
@@ -87,9 +87,22 @@ def _dims(msgs: list[Any], key: str) -> list[int]:
     return [_int(d, "dim") for d in msgs[0].get("dim", [])]
 
 
+# protobuf's text parser takes exactly these for a bool (TextFormat ParserImpl), or an unsigned
+# integer 0 or 1; anything else is an error in Caffe, so here too (`bias_term: flase` meant false).
+_BOOLS = {"true": True, "True": True, "t": True, "false": False, "False": False, "f": False}
+
+
 def _bool(d: dict, key: str, default: bool) -> bool:
-    v = _get(d, key)
-    return default if v is None else str(v).lower() in ("true", "1", "t")
+    vals = d.get(key)
+    if not vals:
+        return default
+    v = vals[0]  # not through _get: str() would lose Quoted
+    if not isinstance(v, Quoted) and str(v) in _BOOLS:
+        return _BOOLS[str(v)]
+    n = None if str(v).startswith("-") else _pb_int(v)
+    if n not in (0, 1):
+        raise FormatError(f"bad value {_short(v)} for '{key}': Caffe expects true or false")
+    return bool(n)
 
 
 def _hw(d: dict, name: str, default: int) -> tuple[int, int]:
@@ -163,7 +176,7 @@ class Context:
 
 Handler = Callable[[Context, Layer], None]
 HANDLERS: dict[str, Handler] = {}
-PARAM_LAYERS = {"Convolution", "InnerProduct", "BatchNorm"}  # must find blobs in the caffemodel
+PARAM_LAYERS = {"Convolution", "InnerProduct", "BatchNorm"}  # always own blobs (see expected_blobs)
 
 
 def handles(*types: str) -> Callable[[Handler], Handler]:
@@ -244,16 +257,26 @@ def _conv(ctx: Context, layer: Layer) -> None:
 
 @handles("BatchNorm")
 def _batch_norm(ctx: Context, layer: Layer) -> None:
+    bn = layer.param("batch_norm_param")
+    # Caffe's BatchNormLayer: use_global_stats defaults to (phase == TEST), true in a deploy net;
+    # set false, even a TEST net normalises each batch with its own mean and variance.
+    if not _bool(bn, "use_global_stats", True):
+        raise UnsupportedError(
+            f"{ctx.path}: layer '{layer.name}' (BatchNorm) sets use_global_stats: false, so Caffe normalises with "
+            "each batch's own statistics even at test time, not the stored mean and variance; set "
+            "use_global_stats: true if the stored statistics are meant"
+        )
     x = ctx.src(layer)
     c = ctx.shape(x)[1]
-    b = _blobs(ctx, layer, 2)
-    # Caffe keeps running sums scaled by a moving-average factor s (third blob): divide it out.
-    s = float(b[2].reshape(-1)[0]) if len(b) > 2 and b[2].size else 1.0
+    b = _blobs(ctx, layer, 3)  # mean, variance, moving-average factor (BatchNormLayer::LayerSetUp)
+    # Caffe keeps running sums scaled by a moving-average factor s (third blob): divide it out,
+    # 0 meaning 0 as in BatchNormLayer::Forward_cpu.
+    s = float(_shaped(ctx, layer, b[2], (1,), "moving-average factor")[0])
     inv = 0.0 if s == 0 else 1.0 / s
     with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are reported by name later
         mean = _shaped(ctx, layer, b[0], (c,), "mean").astype(np.float32) * np.float32(inv)
         var = _shaped(ctx, layer, b[1], (c,), "variance").astype(np.float32) * np.float32(inv)
-    eps = _get(layer.param("batch_norm_param"), "eps", 1e-5, float)
+    eps = _get(bn, "eps", 1e-5, float)
     params = {
         "weight": np.ones(c, np.float32),
         "bias": np.zeros(c, np.float32),
@@ -436,9 +459,138 @@ def _silence(ctx: Context, layer: Layer) -> None:
     pass
 
 
+# ------------------------------------------------------------------------ NetState rules
+# Caffe's own layer filtering (src/caffe/net.cpp FilterNet / StateMeetsRule; caffe.proto NetState,
+# NetStateRule) for the net a deploy prototxt becomes in Net(prototxt, TEST): since 2016 (BVLC
+# d167e61, "Add level and stages to Net constructor") that constructor sets phase TEST and level 0
+# and keeps the file's `state { stage: ... }`; before it the file's level was kept as well.
+PHASES = {"TRAIN": 0, "TEST": 1}  # caffe.proto: enum Phase { TRAIN = 0; TEST = 1; }
+TEST = PHASES["TEST"]
+_INT32 = (-(1 << 31), (1 << 31) - 1)
+_PB_INT = re.compile(r"-?(?:0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")  # protobuf text-format integer
+_RULE_FIELDS = ("phase", "min_level", "max_level", "stage", "not_stage")
+_STATE_FIELDS = ("phase", "level", "stage")
+
+
+@dataclass(frozen=True)
+class NetState:
+    phase: int = TEST
+    level: int = 0
+    stages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NetStateRule:
+    phase: int | None = None
+    min_level: int | None = None
+    max_level: int | None = None
+    stage: tuple[str, ...] = ()
+    not_stage: tuple[str, ...] = ()
+
+
+def state_meets_rule(state: NetState, rule: NetStateRule) -> bool:
+    """Caffe's Net::StateMeetsRule: every condition the rule sets holds in the state."""
+    if rule.phase is not None and rule.phase != state.phase:
+        return False
+    if rule.min_level is not None and state.level < rule.min_level:
+        return False
+    if rule.max_level is not None and state.level > rule.max_level:
+        return False
+    if any(s not in state.stages for s in rule.stage):  # the state must have ALL the rule's stages
+        return False
+    return not any(s in state.stages for s in rule.not_stage)  # and NONE of its not_stages
+
+
+def layer_included(state: NetState, include: list[NetStateRule], exclude: list[NetStateRule]) -> bool:
+    """Caffe's Net::FilterNet for one layer: kept when any include rule is met or, without include
+    rules, when no exclude rule is met (a layer with both kinds is refused before this)."""
+    if include:
+        return any(state_meets_rule(state, r) for r in include)
+    return not any(state_meets_rule(state, r) for r in exclude)
+
+
+def _pb_int(v: Any) -> int | None:
+    """An integer token as protobuf's text parser reads it (decimal, 0x hex, 0 octal), else None."""
+    s = str(v)
+    # (25 characters hold any int64; longer would reach Python's int-from-str digit limit)
+    if isinstance(v, Quoted) or len(s) > 25 or not _PB_INT.fullmatch(s):
+        return None
+    body = s.lstrip("-")
+    n = int(body, 16) if body[:2] in ("0x", "0X") else int(body, 8) if len(body) > 1 and body[0] == "0" else int(body)
+    return -n if s.startswith("-") else n
+
+
+def _int32(v: Any, where: str, key: str) -> int:
+    n = _pb_int(v)
+    if n is None or not _INT32[0] <= n <= _INT32[1]:
+        raise FormatError(f"{where}: bad value {_short(v)} for '{key}': Caffe expects an int32")
+    return n
+
+
+def _phase(v: Any, where: str) -> int:
+    """TRAIN/TEST or their numbers 0/1: an enum, written unquoted, as protobuf's text parser takes it."""
+    if not isinstance(v, Quoted) and str(v) in PHASES:
+        return PHASES[str(v)]
+    n = _pb_int(v)
+    if n not in (0, 1):
+        raise FormatError(f"{where}: bad phase {_short(v)}: Caffe's Phase is TRAIN or TEST (or 0 or 1)")
+    return n
+
+
+def _strings(raw: dict, key: str, where: str) -> tuple[str, ...]:
+    vals = raw.get(key, [])
+    for v in vals:
+        if not isinstance(v, Quoted):
+            raise FormatError(f'{where}: {key} {_short(v)} must be a quoted string ({key}: "name")')
+    return tuple(str(v) for v in vals)
+
+
+def _message_fields(raw: Any, fields: tuple[str, ...], singular: tuple[str, ...], where: str) -> dict:
+    """A state/rule message checked as Caffe's parser checks it: known fields, singular ones once."""
+    if not isinstance(raw, dict):
+        raise FormatError(f"{where} must be a message {{ ... }}, got {_short(raw)}")
+    for key, vals in raw.items():
+        if key not in fields:
+            raise FormatError(f"{where}: unknown field '{show(key)}' (Caffe's fields: {', '.join(fields)})")
+        if key in singular and len(vals) > 1:
+            raise FormatError(f"{where}: '{key}' is given {len(vals)} times; Caffe's parser allows it once")
+        if key not in ("stage", "not_stage") and any(isinstance(v, dict) for v in vals):
+            raise FormatError(f"{where}: '{key}' must be a value, not a message")
+    return raw
+
+
+def _rule(raw: Any, where: str) -> NetStateRule:
+    raw = _message_fields(raw, _RULE_FIELDS, ("phase", "min_level", "max_level"), where)
+    return NetStateRule(
+        phase=_phase(raw["phase"][0], where) if "phase" in raw else None,
+        min_level=_int32(raw["min_level"][0], where, "min_level") if "min_level" in raw else None,
+        max_level=_int32(raw["max_level"][0], where, "max_level") if "max_level" in raw else None,
+        stage=_strings(raw, "stage", where),
+        not_stage=_strings(raw, "not_stage", where),
+    )
+
+
+def net_state(net: dict[str, list[Any]], path: str) -> tuple[NetState, int]:
+    """The state Net(prototxt, TEST) filters with, and the level the file itself sets.
+
+    The file's `state { phase: ... }` is overridden by TEST (as Caffe does); its stages are kept.
+    """
+    msgs = net.get("state", [])
+    if not msgs:
+        return NetState(), 0
+    where = f"{path}: net state"
+    if len(msgs) > 1:
+        raise FormatError(f"{where}: 'state' is given {len(msgs)} times; Caffe's parser allows it once")
+    raw = _message_fields(msgs[0], _STATE_FIELDS, ("phase", "level"), where)
+    if "phase" in raw:
+        _phase(raw["phase"][0], where)  # checked as Caffe's parser would, then replaced by TEST
+    level = _int32(raw["level"][0], where, "level") if "level" in raw else 0
+    return NetState(TEST, 0, _strings(raw, "stage", where)), level
+
+
 # ------------------------------------------------------------------------------------ driver
 def net_layers(net: dict[str, list[Any]], path: str) -> list[Layer]:
-    """TEST-phase layers in order, V1 `layers` and the legacy `input:` header included."""
+    """TEST-phase layers in order (Caffe's NetState rules), V1 `layers` and the legacy `input:` header included."""
     layers: list[Layer] = []
     if "input" in net:
         try:
@@ -449,14 +601,32 @@ def net_layers(net: dict[str, list[Any]], path: str) -> list[Layer]:
         for j, name in enumerate(net["input"]):
             shape = shapes[j] if j < len(shapes) else dims[4 * j : 4 * j + 4]
             layers.append(Layer(name, "Input", [], [name], {"input_param": [{"shape": [{"dim": shape}]}]}))
+    if net.get("layer") and net.get("layers"):
+        # upgrade_proto.cpp: "Refusing to upgrade inconsistent NetParameter input"
+        raise FormatError(
+            f"{path}: uses both 'layer' and V1 'layers' fields, which Caffe refuses to read; keep one of the two"
+        )
+    state, file_level = net_state(net, path)
+    changed_by_level: list[str] = []
     for key, v1 in (("layer", False), ("layers", True)):
-        for raw in net.get(key, []):
+        for i, raw in enumerate(net.get(key, [])):
             if not isinstance(raw, dict):
                 raise FormatError(f"{path}: '{key}' must be a message")
-            phases = [str(_get(r, "phase", "")) for r in raw.get("include", []) if isinstance(r, dict)]
-            if phases and "TEST" not in phases:
-                continue
             name, ltype = _get(raw, "name", None), str(_get(raw, "type", ""))
+            where = f"{path}: layer '{show(str(name))}'" if name else f"{path}: layer #{i + 1}"
+            include = [_rule(r, f"{where}: include rule") for r in raw.get("include", [])]
+            exclude = [_rule(r, f"{where}: exclude rule") for r in raw.get("exclude", [])]
+            if include and exclude:
+                # net.cpp FilterNet: CHECK(include_size() == 0 || exclude_size() == 0)
+                raise FormatError(
+                    f"{where} has both include and exclude rules, which Caffe refuses ('Specify either include "
+                    "rules or exclude rules; not both'); keep one kind"
+                )
+            kept = layer_included(state, include, exclude)
+            if file_level and kept != layer_included(NetState(TEST, file_level, state.stages), include, exclude):
+                changed_by_level.append(str(name or f"#{i + 1}"))
+            if not kept:
+                continue
             if v1:
                 ltype = V1_TYPE_NAMES.get(ltype.upper().replace("_", ""), ltype)
             if not name or not ltype:
@@ -466,6 +636,12 @@ def net_layers(net: dict[str, list[Any]], path: str) -> list[Layer]:
                     str(name), ltype, [str(b) for b in raw.get("bottom", [])], [str(t) for t in raw.get("top", [])], raw
                 )
             )
+    if changed_by_level:
+        raise UnsupportedError(
+            f"{path}: state {{ level: {file_level} }} decides which layers Caffe keeps ({_names(changed_by_level)}), "
+            "and Caffe versions disagree on it (since 2016 Net(prototxt, TEST) uses level 0, older ones the file's "
+            "level): remove the level from the state or the min_level/max_level rules that depend on it"
+        )
     return layers
 
 
@@ -489,20 +665,84 @@ def _mean_comment(text: str) -> list[float] | None:
     return [float(v) for v in m.groups()] if m else None
 
 
+def expected_blobs(layer: Layer) -> tuple[int, str]:
+    """How many blobs Caffe's layer owns in a TEST net (what CopyTrainedLayersFrom requires of the
+    caffemodel's layer of that name), and the parameters that decide it, for messages."""
+    if layer.type in ("Convolution", "InnerProduct"):
+        param = "convolution_param" if layer.type == "Convolution" else "inner_product_param"
+        bias = _bool(layer.param(param), "bias_term", True)
+        return 1 + bias, f"{layer.type}, bias_term: {str(bias).lower()}"
+    if layer.type == "BatchNorm":
+        return 3, "BatchNorm"
+    if layer.type == "Scale":  # ScaleLayer: a scale blob unless it comes from a second bottom, then the bias
+        bias = _bool(layer.param("scale_param"), "bias_term", False)
+        n_bottoms = "" if len(layer.bottoms) == 1 else f", {len(layer.bottoms)} bottoms"
+        return (len(layer.bottoms) == 1) + bias, f"Scale, bias_term: {str(bias).lower()}{n_bottoms}"
+    return 0, layer.type
+
+
+def _names(names: list[str], cap: int = 5) -> str:
+    shown = ", ".join(f"'{show(n)}'" for n in names[:cap])
+    return shown + (f" and {len(names) - cap} more" if len(names) > cap else "")
+
+
+def _layer_blobs(
+    layer: Layer, blobs: dict[str, tuple[str, list[np.ndarray]]], unmatched: list[str], seen: set[str], wpath: str
+) -> list[np.ndarray] | None:
+    """The caffemodel's blobs for a layer, with Caffe's rule (Net::CopyTrainedLayersFrom): matched by
+    name, exactly as many as the layer owns ("Incompatible number of blobs for layer ...")."""
+    need, what = expected_blobs(layer)
+    found = blobs.get(layer.name)
+    if need and layer.name in seen:
+        # Caffe copies a source layer into the first layer of that name; a second one keeps its
+        # random initialisation
+        raise ModelError(
+            f"{wpath}: layer name '{show(layer.name)}' ({what}) is used twice in the prototxt: Caffe loads the "
+            "caffemodel's weights into the first one only; rename one of them"
+        )
+    if found is None:
+        if not need:
+            return None
+        if unmatched:
+            raise ModelError(
+                f"{wpath}: prototxt layer '{show(layer.name)}' ({what}) has no weights; the caffemodel has unmatched "
+                f"weighted layers: {_names(unmatched)} (renamed? the caffemodel does not match the prototxt)"
+            )
+        raise ModelError(
+            f"{wpath}: prototxt layer '{show(layer.name)}' ({what}) has no weights in the caffemodel, which has no "
+            "other weighted layers: the caffemodel does not match the prototxt"
+        )
+    if len(found[1]) != need:
+        raise ModelError(
+            f"{wpath}: layer '{show(layer.name)}' ({what}) has {len(found[1])} blobs in the caffemodel; Caffe requires "
+            f"exactly {need} (Incompatible number of blobs)"
+        )
+    return found[1]
+
+
 def build_graph(
-    net: dict[str, list[Any]], path: str, blobs: dict[str, tuple[str, list[np.ndarray]]] | None = None
+    net: dict[str, list[Any]],
+    path: str,
+    blobs: dict[str, tuple[str, list[np.ndarray]]] | None = None,
+    weights_path: str | None = None,
 ) -> tuple[Graph, dict[str, np.ndarray]]:
+    """The generic graph and weights of a parsed prototxt; blobs=None reads it without weights
+    (placeholders of the right shapes). weights_path names the caffemodel in messages."""
     layers = net_layers(net, path)
     _check_supported(layers, path)
     if not any(layer.type == "Input" for layer in layers):
         raise UnsupportedError(f"{path}: no input declared (Input layer or input/input_shape): pass a deploy prototxt")
     ctx = Context(path)
+    kept = {layer.name for layer in layers}
+    unmatched = [n for n in blobs if n not in kept] if blobs is not None else []  # the caffemodel's order
+    seen: set[str] = set()
     for layer in layers:
         try:
             if blobs is None:
                 layer.blobs = _placeholder_blobs(ctx, layer)
             else:
-                layer.blobs = blobs[layer.name][1] if layer.name in blobs else None
+                layer.blobs = _layer_blobs(layer, blobs, unmatched, seen, weights_path or path)
+            seen.add(layer.name)
             HANDLERS[layer.type](ctx, layer)
         except FormatError as e:
             if str(e).startswith(path):
@@ -573,7 +813,7 @@ def load(prototxt: str | os.PathLike, caffemodel: str | os.PathLike, canonical: 
     """
     net, text = read_prototxt(prototxt)
     blobs = read_caffemodel(caffemodel)
-    graph, weights = build_graph(net, str(prototxt), blobs)
+    graph, weights = build_graph(net, str(prototxt), blobs, str(caffemodel))
     conv = dict(CAFFE_INPUT_CONVENTION, size=graph.input_shape[-1])
     mean = _mean_comment(text)
     if mean:
