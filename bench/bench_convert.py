@@ -1,8 +1,10 @@
 """Convert speed and memory: `senet-hub convert` of SENet-154 Caffe -> PyTorch vs `cp` of the caffemodel.
 
-Run: python bench/bench_convert.py [--arch SENet-154] [--repeat 3]
+Run: python bench/bench_convert.py [--arch SENet-154] [--repeat 3] [--unpacked]
 Weights: ../shared/tools/make_caffemodel.py (seed 1) when present, else senet-hub's synthetic writer.
 Prints wall times (best of N), the ratio to cp, and peak RSS of the convert process vs the file size.
+--unpacked also converts the same weights written one float per field (tag 0x2d + 4 bytes each, as
+old Caffe writers and some scripts do) and prints its time next to the packed file's.
 """
 
 from __future__ import annotations
@@ -33,12 +35,29 @@ def timed(cmd: list[str]) -> tuple[float, int]:
     return dt, usage.ru_maxrss * 1024
 
 
+def write_unpacked(src: Path, dst: Path) -> None:
+    """Rewrite a caffemodel with every float as its own field (BlobProto.data unpacked)."""
+    import numpy as np
+
+    from senet_hub.converters.caffe_format import _varint, ld, read_caffemodel
+
+    with open(dst, "wb") as f:
+        for name, (ltype, blobs) in read_caffemodel(src).items():
+            body = ld(1, name.encode()) + ld(2, ltype.encode())
+            for b in blobs:
+                rec = np.zeros(b.size, dtype=[("key", "u1"), ("value", "<f4")])
+                rec["key"], rec["value"] = 5 << 3 | 5, b.ravel()
+                body += ld(7, ld(7, ld(1, b"".join(_varint(int(d)) for d in b.shape))) + rec.tobytes())
+            f.write(ld(100, body))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="SENet-154")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--to", default="pytorch")
     ap.add_argument("--suffix", default=".pth")
+    ap.add_argument("--unpacked", action="store_true", help="also time a one-float-per-field caffemodel")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="senet-hub-bench-"))
     try:
@@ -76,6 +95,21 @@ def main() -> None:
             f"  senet-hub convert --to {args.to:<6}{conv:7.3f} s   = {conv / cp:5.1f}x cp   (CLI start-up alone {startup:.3f} s)"
         )
         print(f"  peak RSS of convert         {rss / 1e6:7.0f} MB  = {rss / size:5.2f}x file size")
+        if args.unpacked:
+            unpacked = work / f"{args.arch}.unpacked.caffemodel"
+            write_unpacked(caffemodel, unpacked)
+            convert_u = [str(unpacked) if a == str(caffemodel) else a for a in convert]
+            runs_u = []
+            for _ in range(args.repeat):
+                if out.exists():
+                    out.unlink()
+                runs_u.append(timed(convert_u))
+            conv_u, rss_u = min(r[0] for r in runs_u), max(r[1] for r in runs_u)
+            size_u = unpacked.stat().st_size
+            print(
+                f"  unpacked floats ({size_u / 1e6:.0f} MB)    {conv_u:7.3f} s   = {conv_u / conv:5.2f}x packed"
+                f"   peak RSS {rss_u / 1e6:.0f} MB = {rss_u / size_u:4.2f}x its size"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -3,6 +3,8 @@
 * prototxt: protobuf text format, parsed into nested dicts ``{field: [values]}``.
 * caffemodel: protobuf wire format (NetParameter), read into ``{layer name: [ndarray, ...]}``
   with ``np.frombuffer`` views on the packed blob data, so a 461 MB file costs one read.
+  V0 files (pre-2014: V1LayerParameter.layer = 1, a V0LayerParameter with blobs = 50) are
+  refused with the Caffe tool that upgrades them.
 
 Field numbers are from BVLC caffe.proto: NetParameter.layer = 100 (V2) and .layers = 2 (V1);
 LayerParameter name=1 type=2 blobs=7; V1LayerParameter name=4 type=5 (enum) blobs=6;
@@ -11,14 +13,13 @@ BlobProto num/channels/height/width = 1..4, data=5, shape=7 (BlobShape.dim=1), d
 
 from __future__ import annotations
 
-import mmap
 import os
 import re
 from typing import Any
 
 import numpy as np
 
-from senet_hub.errors import FormatError, InputFileError
+from senet_hub.errors import FormatError
 from senet_hub.wire import WireReader, read_bytes
 
 # V1LayerParameter.LayerType enum (caffe.proto) -> V2 type string
@@ -157,11 +158,21 @@ def format_prototxt(msg: dict[str, list[Any]], indent: int = 0) -> str:
 
 def read_prototxt(path: str | os.PathLike) -> tuple[dict[str, list[Any]], str]:
     raw = read_bytes(path, "prototxt", MAX_PROTOTXT_BYTES)
+    if not raw.strip():  # not "no input declared" (exit 6): an empty file is a bad file (exit 4)
+        raise FormatError(f"{path}: empty file; pass the deploy .prototxt")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise FormatError(f"{path}: not a text prototxt (binary data?); pass the deploy .prototxt") from None
-    return parse_prototxt(text, str(path)), text
+    net = parse_prototxt(text, str(path))
+    # V0 nets (pre-2014) nest the layer in `layers { layer { name type ... } bottom top }`: read
+    # as V1 they are layers without a name or type, so say what they are and what upgrades them
+    if any(isinstance(raw_layer, dict) and isinstance(next(iter(raw_layer.get("layer", [])), None), dict)
+           for raw_layer in net.get("layers", [])):  # fmt: skip
+        raise FormatError(
+            f"{path}: a V0 (pre-2014) prototxt; convert it with Caffe's tools/upgrade_net_proto_text first"
+        )
+    return net, text
 
 
 # ------------------------------------------------------------------------------ wire format
@@ -176,6 +187,9 @@ class _Wire(WireReader):
         self.left = MAX_FIELDS  # see spend()
         # blobs are views of this one array: a slice of it costs less than a memoryview + array per blob
         self.u8 = np.frombuffer(buf, np.uint8)
+        # read-only like the memory map it replaced: a builder that wrote into a weight in place
+        # would otherwise change the model it was given
+        self.u8.flags.writeable = False
 
     def error(self, msg: str) -> FormatError:
         return FormatError(f"{self.path}: {msg} in {self.what} (truncated or not a caffemodel?); re-download the file")
@@ -206,7 +220,52 @@ def show(name: str, limit: int = 80) -> str:
 
 
 _EMPTY = np.zeros(0, np.float32)
-_EMPTY.flags.writeable = False  # like every blob (views on a read-only map)
+_EMPTY.flags.writeable = False  # like every blob (read-only views on the file's buffer)
+
+_RUN = -1  # _blob_fields' wire type for a run of one-value-per-field floats or doubles
+_RUN_TAGS = {0x2D: (5, 4), 0x41: (8, 8)}  # key byte of field 5 fixed32 / field 8 fixed64 -> (field, size)
+_RUN_CHUNK = 1 << 16  # records compared per numpy call at most (bounds the temporary to 64 KB)
+
+
+def _run_length(u8: np.ndarray, pos: int, end: int, tag: int, rec: int) -> int:
+    """How many `rec`-byte records starting at `pos` (and ending by `end`) begin with `tag`.
+
+    Compared with numpy on a strided view of the key bytes, in chunks that start small and
+    double: a short run costs one small comparison, a long one a few large ones, so a crafted
+    blob of alternating fields stays linear.
+    """
+    nmax = (end - pos) // rec
+    n, step = 0, 64
+    while n < nmax:
+        k = min(step, nmax - n)
+        eq = u8[pos + n * rec : pos + (n + k) * rec : rec] == tag
+        if not eq.all():
+            return n + int(eq.argmin())
+        n += k
+        step = min(2 * step, _RUN_CHUNK)
+    return n
+
+
+def _blob_fields(w: _Wire, pos: int, end: int):
+    """BlobProto fields like w.fields, except that a run of unpacked float (or double) values,
+    one key byte + 4 (8) bytes each, comes as one (field, _RUN, (start, count)) item.
+
+    Old Caffe writers and careless scripts store every value as its own field: parsing those one
+    by one cost ~1 us each (107 s for SE-ResNet-50); found as runs they read at packed speed.
+    """
+    buf, u8 = w.buf, w.u8
+    while pos < end:
+        tag = buf[pos]
+        if tag in _RUN_TAGS:
+            field, size = _RUN_TAGS[tag]
+            n = _run_length(u8, pos, end, tag, size + 1)
+            if n:
+                yield field, _RUN, (pos, n)
+                pos += n * (size + 1)
+                continue
+        field, wt, val = next(w.fields(pos, end))  # any other field (or a cut value): the general reader
+        pos = w.varint(w.varint(pos, end)[1], end)[1] if wt == 0 else val[1]
+        yield field, wt, val
 
 
 def _blob(w: _Wire, start: int, end: int) -> np.ndarray:
@@ -216,7 +275,15 @@ def _blob(w: _Wire, start: int, end: int) -> np.ndarray:
     # then gathered into one array: no Python object per value or per field (fuzzing fix: unpacked
     # floats cost ~100 bytes each before, so a crafted or legacy file took ~20x its size).
     counts, nfields, first = {5: 0, 8: 0}, {5: 0, 8: 0}, {5: (0, 0), 8: (0, 0)}
-    for field, wt, val in w.fields(start, end):
+    for field, wt, val in _blob_fields(w, start, end):
+        if wt == _RUN:  # n values, one per field: counted, never iterated in Python
+            pos, n = val
+            size = 4 if field == 5 else 8
+            counts[field] += n
+            nfields[field] += n
+            if nfields[field] == n:  # the first data of this field: a single value is a view
+                first[field] = (pos + 1, pos + 1 + size)
+            continue
         if field not in (5, 8):  # one value per field is legal (old files): values are not counted
             w.spend()
         if field in (1, 2, 3, 4) and wt == 0:
@@ -254,14 +321,22 @@ def _blob(w: _Wire, start: int, end: int) -> np.ndarray:
     if nfields[field] <= 1:  # the usual case: a view on the file, nothing copied
         a, b = first[field]
         data = w.u8[a:b].view(dtype)
-    else:
+    else:  # one copy of the bytes (bit for bit, NaN payloads included), whatever the encoding
         data, i = np.empty(count, dtype), 0
-        for f, wt, v in w.fields(start, end):
-            if f == field and wt in (2, 5, 1):
-                a, b = v
-                n = (b - a) // dtype.itemsize
-                data[i : i + n] = w.u8[a:b].view(dtype)
+        raw = data.view(np.uint8)
+        size = dtype.itemsize
+        for f, wt, v in _blob_fields(w, start, end):
+            if f != field:
+                continue
+            if wt == _RUN:  # n (key, value) records viewed as a struct: the values copied in one go
+                a, n = v
+                records = w.u8[a : a + n * (size + 1)].view(np.dtype([("key", "u1"), ("value", dtype)]))
+                data[i : i + n] = records["value"]
                 i += n
+            elif wt in (2, 5, 1):
+                a, b = v
+                raw[i * size : i * size + (b - a)] = w.u8[a:b]
+                i += (b - a) // size
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # doubles past float32 become inf: reported later
             return data.astype(np.float32, copy=False).reshape(shape)
@@ -272,33 +347,15 @@ def _blob(w: _Wire, start: int, end: int) -> np.ndarray:
 def read_caffemodel(path: str | os.PathLike) -> dict[str, tuple[str, list[np.ndarray]]]:
     """{layer name: (layer type, [blobs])} for every layer that carries blobs.
 
-    The file is memory-mapped and float blobs are read-only views on it: nothing is copied, so a
-    conversion streams weights from the page cache to its output and peak memory stays near the
-    file size. Views may be unaligned; code that computes with them copies what it needs.
+    The file is read into one buffer with one readinto (wire.read_bytes: regular files only, so a
+    FIFO never blocks; a file truncated or rewritten while being read is a FormatError, exit 4,
+    where the memory map it replaces died of SIGBUS). Float blobs are read-only views on that
+    buffer: nothing else is copied, so peak memory stays near the file size. Views may be
+    unaligned; code that computes with them copies what it needs.
     """
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                raise FormatError(f"{path}: empty file; re-download the caffemodel")
-            try:
-                # MAP_POPULATE maps the whole file in one go: page faults one by one cost more
-                # than the conversion itself on small VMs
-                flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
-                buf: Any = mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
-            except (
-                OSError,
-                ValueError,
-                AttributeError,
-                TypeError,
-            ):  # not mappable (or no POSIX mmap) (a pipe, some file systems): read it
-                buf = f.read()
-    except FileNotFoundError:
-        raise InputFileError(f"{path}: caffemodel not found; check the path") from None
-    except IsADirectoryError:
-        raise InputFileError(f"{path}: is a directory, expected a caffemodel file") from None
-    except OSError as e:
-        raise InputFileError(f"{path}: cannot read caffemodel: {e.strerror or e}") from None
+    buf = read_bytes(path, "caffemodel")
+    if not buf:
+        raise FormatError(f"{path}: empty file; re-download the caffemodel")
     return _read_net(memoryview(buf), str(path))
 
 
@@ -316,6 +373,10 @@ def _read_net(mv: memoryview, path: str) -> dict[str, tuple[str, list[np.ndarray
         w.what = "a layer"
         for f2, wt2, v2 in w.fields(*val):
             w.spend()
+            if v1 and f2 == 1 and wt2 == 2:  # V1LayerParameter.layer: a V0LayerParameter (blobs = 50)
+                raise FormatError(
+                    f"{path}: a V0 (pre-2014) caffemodel; convert it with Caffe's tools/upgrade_net_proto_binary first"
+                )
             if wt2 == 2 and f2 == (4 if v1 else 1):
                 name = w.string(v2)
                 w.what = f"layer '{show(name)}'"  # a crafted name may hold newlines or escapes

@@ -35,7 +35,9 @@ from typing import Any
 import numpy as np
 
 from .errors import FormatError, InputFileError, ModelError, SenetHubError
+from .wire import open_regular, read_bytes
 
+MAX_LABEL_BYTES = 64 << 20  # a label file is 'name label' lines: ImageNet's 50,000 take ~1 MB
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff", ".gif")
 LABEL_ORDERS = ("auto", "model", "senet", "ilsvrc2012")
 _SYNSET = re.compile(r"^n\d{8}$")
@@ -89,15 +91,10 @@ def find_samples(data: str | os.PathLike, labels: str | os.PathLike | None = Non
 
 
 def _labelled(root: str, label_file: str) -> Dataset:
-    try:
-        with open(label_file, encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise InputFileError(
-            f"{label_file}: label file not found; give --labels FILE with 'name label' lines"
-        ) from None
-    except OSError as e:
-        raise InputFileError(f"{label_file}: cannot read the label file ({e.strerror})") from None
+    if not os.path.lexists(label_file):
+        raise InputFileError(f"{label_file}: label file not found; give --labels FILE with 'name label' lines")
+    # a regular file only (a FIFO would block forever), capped: ImageNet's 50,000 lines are ~1 MB
+    lines = read_bytes(label_file, "label file", MAX_LABEL_BYTES).decode("utf-8", errors="replace").splitlines()
     samples: list[tuple[str, int]] = []
     missing = 0
     for i, line in enumerate(lines, 1):
@@ -172,8 +169,11 @@ def preprocess(img: Any, convention: dict) -> np.ndarray:
 def load_image(path: str, convention: dict) -> np.ndarray:
     from PIL import Image
 
+    # opened here, not by PIL: a FIFO or device named like an image in the data folder would
+    # block or never end; open_regular refuses it (InputFileError naming the file)
+    f, _ = open_regular(path, "image")
     try:
-        with Image.open(path) as im:
+        with f, Image.open(f) as im:
             return preprocess(im, convention)
     except InputFileError as e:
         raise InputFileError(f"{path}: {e}") from None

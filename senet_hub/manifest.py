@@ -123,20 +123,24 @@ def _read_packaged() -> bytes:
 
 
 def _read_file(path: str) -> bytes:
+    """$SENET_HUB_MANIFEST's bytes: a regular file only (a FIFO would block forever), size-capped."""
+    from .wire import check_unchanged, open_regular
+
     try:
-        size = os.path.getsize(path)
-        if size > MAX_BYTES:
+        f, st = open_regular(path, "manifest")
+    except InputFileError as e:  # the same line, plus where the path came from
+        raise InputFileError(f"{e}; fix or unset {ENV_MANIFEST}") from None
+    with f:
+        if st.st_size > MAX_BYTES:
             raise FormatError(
-                f"{path}: manifest is {size} bytes, over the {MAX_BYTES}-byte limit; check {ENV_MANIFEST}"
+                f"{path}: manifest is {st.st_size} bytes, over the {MAX_BYTES}-byte limit; check {ENV_MANIFEST}"
             )
-        with open(path, "rb") as f:
-            return f.read(min(size, MAX_BYTES) + 1)
-    except FileNotFoundError:
-        raise InputFileError(f"{path}: manifest not found; fix or unset {ENV_MANIFEST}") from None
-    except IsADirectoryError:
-        raise InputFileError(f"{path}: is a directory, not a manifest; fix or unset {ENV_MANIFEST}") from None
-    except PermissionError:
-        raise InputFileError(f"{path}: manifest not readable (permission denied); fix {ENV_MANIFEST}") from None
+        try:
+            data = f.read(MAX_BYTES + 1)
+        except OSError as e:
+            raise InputFileError(f"{path}: cannot read the manifest ({e.strerror or e}); fix {ENV_MANIFEST}") from None
+        check_unchanged(path, f, st, "manifest")
+    return data
 
 
 def _decode(data: bytes, path: str) -> str:

@@ -2,8 +2,9 @@
 giant inputs, and hypothesis properties (coverage-targeted) of the wire reader and prototxt parser.
 
 Contract for every input (see tests/fuzzing.py): success or a SenetHubError with a one-line
-message; never another exception, never more than fuzzing.TIME_LIMIT seconds, never more traced
-memory than the target's multiple of the file size. `python bench/fuzz.py` runs longer campaigns.
+message; never another exception, never a hang (fuzzing.HANG_LIMIT, a generous SIGALRM bound: no
+test asserts a wall time, speed figures are bench/'s), never more traced memory than the target's
+multiple of the file size. `python bench/fuzz.py` runs longer campaigns.
 """
 
 from __future__ import annotations
@@ -77,28 +78,30 @@ def test_only_package_errors(corpus, group):
 
 
 @pytest.mark.parametrize("group", GROUPS)
-def test_time_and_memory_bounded(corpus, group):
+def test_memory_bounded(corpus, group):
+    """Traced memory within the target's multiple of the file size. No wall-time assertion (one
+    failed on a loaded machine, issue 11 item 13): a hang is a BUG outcome (run_one's HANG_LIMIT
+    alarm) that test_only_package_errors reports; speeds are bench/fuzz.py's."""
     outcomes, targets = corpus
     mine = [o for o in outcomes if o.target.startswith(group) and not o.bug]
     if not mine:
         pytest.skip(f"no {group} reader in this tree yet")
-    slow = [o for o in mine if o.seconds > fuzzing.TIME_LIMIT]
-    assert not slow, _show(slow, f"took longer than {fuzzing.TIME_LIMIT} s")
     hungry = [o for o in mine if not o.mem_ok(targets[o.target].mem_limit(o.size))]
     assert not hungry, _show(hungry, "used more memory than allowed for their size")
 
 
 # ------------------------------------------------------------------------- giant inputs
 def _measure(fn, *args):
+    """(SenetHubError or None, traced peak bytes) of fn(*args); a hang raises fuzzing.Timeout."""
     tracemalloc.start()
-    t0 = time.perf_counter()
     try:
-        try:
-            fn(*args)
-            err = None
-        except SenetHubError as e:
-            err = e
-        return err, time.perf_counter() - t0, tracemalloc.get_traced_memory()[1]
+        with fuzzing.hang_guard():
+            try:
+                fn(*args)
+                err = None
+            except SenetHubError as e:
+                err = e
+        return err, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
 
@@ -118,27 +121,42 @@ def _measure(fn, *args):
 def test_caffemodel_declared_sizes_checked_before_allocating(tmp_path, data, match):
     p = tmp_path / "x.caffemodel"
     p.write_bytes(data)
-    err, dt, peak = _measure(read_caffemodel, p)
+    err, peak = _measure(read_caffemodel, p)
     if match:
         assert isinstance(err, FormatError) and match in str(err), err
-    assert dt < 2 and peak < 64 * len(data) + (1 << 20), (dt, peak)
+    assert peak < 64 * len(data) + (1 << 20), peak
+
+
+def _root(a: np.ndarray):
+    while isinstance(a, np.ndarray) and a.base is not None:
+        a = a.base
+    return a
 
 
 def test_caffemodel_real_sized_blobs_are_views(tmp_path):
-    """A 24 MB caffemodel reads with almost no traced memory (views on the memory map); the legacy
-    one-float-per-field encoding costs one float32 array."""
+    """A 24 MB caffemodel costs one buffer of its size (one readinto, no memory map since issue 11
+    item 9) and nothing more: its blobs are read-only views on that one buffer. The legacy
+    one-float-per-field encoding costs the buffer plus one float32 array."""
     rng = np.random.default_rng(0)
-    big = [rng.standard_normal(size=(2000, 3000), dtype=np.float32)]
+    big = [rng.standard_normal(size=(2000, 3000), dtype=np.float32), rng.standard_normal(3000, dtype=np.float32)]
     p = tmp_path / "big.caffemodel"
     p.write_bytes(encode_layer("fc", "InnerProduct", big))
-    err, dt, peak = _measure(read_caffemodel, p)
-    assert err is None and peak < 1 << 20, peak
+    size = p.stat().st_size
+    err, peak = _measure(read_caffemodel, p)
+    assert err is None and peak < size + (1 << 20), (peak, size)
+    blobs = read_caffemodel(p)["fc"][1]
+    assert all(not b.flags.owndata and not b.flags.writeable for b in blobs)
+    root = _root(blobs[0])  # the memoryview of the whole file's buffer
+    assert root is _root(blobs[1]) and isinstance(root, memoryview) and root.nbytes == size
+    for b, ref in zip(blobs, big):
+        np.testing.assert_array_equal(b, ref)
     vals = rng.normal(size=100_000).astype("<f4")
     fields = np.zeros(vals.size, dtype=[("key", "u1"), ("value", "<f4")])
     fields["key"], fields["value"] = 5 << 3 | 5, vals
     p.write_bytes(ld(100, ld(1, b"fc") + ld(7, fields.tobytes())))
-    err, dt, peak = _measure(read_caffemodel, p)
-    assert err is None and peak < 1.1 * vals.nbytes + (1 << 16), (peak, vals.nbytes)
+    size = p.stat().st_size
+    err, peak = _measure(read_caffemodel, p)
+    assert err is None and peak < size + 1.1 * vals.nbytes + (1 << 16), (peak, size, vals.nbytes)
     np.testing.assert_array_equal(read_caffemodel(p)["fc"][1][0], vals)
 
 
@@ -156,16 +174,16 @@ def test_caffemodel_real_sized_blobs_are_views(tmp_path):
 def test_prototxt_giants_fail_fast(tmp_path, text, match):
     p = tmp_path / "x.prototxt"
     p.write_text(text)
-    err, dt, peak = _measure(caffe.load_prototxt, p)
+    err, peak = _measure(caffe.load_prototxt, p)
     assert isinstance(err, FormatError) and match in str(err), err
-    assert dt < fuzzing.TIME_LIMIT and peak < 64 * len(text) + (1 << 20), (dt, peak)
+    assert peak < 64 * len(text) + (1 << 20), peak
 
 
 def test_prototxt_size_limit_checked_before_reading(tmp_path):
     p = tmp_path / "huge.prototxt"
     with open(p, "wb") as f:
         f.truncate(MAX_PROTOTXT_BYTES + 1)  # sparse: nothing is read
-    err, dt, peak = _measure(caffe.load_prototxt, p)
+    err, peak = _measure(caffe.load_prototxt, p)
     assert isinstance(err, FormatError) and "too large" in str(err) and peak < 1 << 20
 
 
@@ -287,3 +305,68 @@ def test_prototxt_format_parse_round_trip(msg):
 
     back = parse_prototxt(format_prototxt(msg))
     assert back == strs(msg)
+
+
+def _reference_values(body: bytes) -> np.ndarray:
+    """BlobProto data decoded field by field with the generic reader (the reader before runs of
+    unpacked values were gathered with numpy): the oracle for the fast path."""
+    from senet_hub.wire import WireReader
+
+    w = WireReader(memoryview(body), "x")
+    vals: dict[int, list[bytes]] = {5: [], 8: []}
+    for f, wt, v in w.fields(0, len(body)):
+        if f in (5, 8) and wt in (1, 2, 5):
+            vals[f].append(bytes(body[v[0] : v[1]]))
+    field = 5 if vals[5] or not vals[8] else 8
+    with np.errstate(over="ignore", invalid="ignore"):  # doubles past float32: inf, as the reader does
+        return np.frombuffer(b"".join(vals[field]), "<f4" if field == 5 else "<f8").astype(np.float32)
+
+
+_PIECES = st.one_of(
+    st.tuples(st.just("run5"), st.binary(max_size=40).map(lambda b: b[: len(b) // 4 * 4])),
+    st.tuples(st.just("run8"), st.binary(max_size=40).map(lambda b: b[: len(b) // 8 * 8])),
+    st.tuples(st.just("packed5"), st.binary(max_size=24).map(lambda b: b[: len(b) // 4 * 4])),
+    st.tuples(st.just("packed8"), st.binary(max_size=24).map(lambda b: b[: len(b) // 8 * 8])),
+    st.tuples(st.just("oddkey5"), st.binary(min_size=4, max_size=4)),  # 2-byte key 0xad 0x00
+    st.tuples(st.just("other"), st.integers(0, 300)),  # BlobProto.num (field 1), a varint
+)
+
+
+def _piece_bytes(kind: str, val) -> bytes:
+    if kind == "run5":
+        return b"".join(b"\x2d" + val[i : i + 4] for i in range(0, len(val), 4))
+    if kind == "run8":
+        return b"".join(b"\x41" + val[i : i + 8] for i in range(0, len(val), 8))
+    if kind in ("packed5", "packed8"):
+        return ld(5 if kind == "packed5" else 8, val)
+    if kind == "oddkey5":
+        return b"\xad\x00" + val
+    return _key(1, 0) + _varint(val)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(st.lists(_PIECES, max_size=8), st.integers(0, 3))
+def test_unpacked_runs_match_field_by_field_decoding(pieces, cut):
+    """Issue 11 item 12: runs of one-value-per-field floats/doubles are gathered with numpy; on any
+    mix of runs, packed chunks, odd key encodings and other fields (and a body cut by 0-3 bytes)
+    the blob is bit for bit the field-by-field decoding, or both refuse the bytes. An oracle for the
+    new numpy path (the old reader was this decoding, so it passes there by design)."""
+    body = b"".join(_piece_bytes(k, v) for k, v in pieces)
+    body = body[: len(body) - cut] if cut <= len(body) else body
+    try:
+        ref = _reference_values(body)
+    except FormatError:
+        ref = None
+    try:
+        got = _read_net(memoryview(ld(100, ld(1, b"l") + ld(7, body))), "x.caffemodel")
+    except FormatError:
+        got = None
+    if ref is None:  # the generic reader refuses a cut field: so must the fast path
+        assert got is None
+        return
+    if got is None:  # refused beyond the oracle's scope: only legacy dims (field 1) disagreeing with the count
+        assert any(k == "other" for k, _ in pieces)
+        return
+    arr = got["l"][1][0].reshape(-1)
+    np.testing.assert_array_equal(arr.view("<u4"), ref.view("<u4"))

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..compat import import_chainer, version_of
-from ..errors import FormatError, InputFileError
+from ..errors import FormatError
 from ..graph import Graph, Model, Node, _reshape_target, infer_shapes, output_shape, pool_out
 from .numpy_ref import _pool_counts
 
@@ -337,26 +337,67 @@ def _write_npz(path: str, arrays: dict[str, np.ndarray], compression: bool) -> N
                 np.lib.format.write_array(fid, np.asanyarray(arr), allow_pickle=False)
 
 
+class _NoPickles:
+    """The npz's arrays for NpzDeserializer, loaded with pickles refused (np.load(allow_pickle=False)).
+
+    Chainer's own load_npz opens the file with allow_pickle=True, so an object array in a user's
+    .npz runs whatever its pickle says when the entry is read; here reading it is a FormatError
+    that names the entry. Entries never read (extra keys) are never unpickled either.
+    """
+
+    def __init__(self, npz: Any, path: str):
+        self.npz, self.path = npz, path
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.npz
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        try:
+            return self.npz[key]
+        except ValueError as e:
+            if "allow_pickle" not in str(e):
+                raise
+            raise FormatError(
+                f"{self.path}: entry '{key}' is a pickled object array; senet-hub never unpickles a user file: "
+                "save the weights as numeric arrays (senet-hub convert --to chainer)"
+            ) from None
+
+
 def load(graph_or_model: Graph | Model | None, path: str | os.PathLike) -> Any:
-    """A SENetChain for ``graph_or_model`` (None: the graph stored in the file) with the npz's weights."""
+    """A SENetChain for ``graph_or_model`` (None: the graph stored in the file) with the npz's weights.
+
+    The file must be a regular file (a FIFO is refused, never waited on) and is read with pickles
+    refused: an object array is a FormatError, never code run from the file.
+    """
+    from ..wire import check_unchanged, open_regular
+
     chainer = import_chainer()
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise InputFileError(f"{path}: no such file")
     meta: dict = {}
+    f, st = open_regular(path, "Chainer npz")
     try:
-        if graph_or_model is None:
-            with np.load(path) as z:
+        # an .npz is a zip: anything else (a .npy, a pickle, a text file) is refused by name,
+        # before numpy guesses at it (it would call a text file "pickled data")
+        if f.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):
+            f.close()
+            raise FormatError(
+                f"{path}: not a Chainer .npz (zip) file; pass the .npz senet-hub convert --to chainer wrote"
+            )
+        f.seek(0)
+        with f, np.load(f, allow_pickle=False) as z:
+            npz = _NoPickles(z, path)
+            if graph_or_model is None:
                 if GRAPH_KEY not in z.files:
                     raise FormatError(f"{path}: no '{GRAPH_KEY}' entry; pass the graph (e.g. from the zoo) to load()")
-                graph, meta = _graph_from_json(z[GRAPH_KEY].tobytes().decode("utf-8"))
-        elif isinstance(graph_or_model, Model):
-            graph, meta = graph_or_model.graph, graph_or_model.meta
-        else:
-            graph = graph_or_model
-        chain = __getattr__("SENetChain")(graph, meta)
-        chainer.serializers.load_npz(path, chain)
-    except (KeyError, ValueError, zipfile.BadZipFile, OSError) as e:
+                graph, meta = _graph_from_json(npz[GRAPH_KEY].tobytes().decode("utf-8"))
+            elif isinstance(graph_or_model, Model):
+                graph, meta = graph_or_model.graph, graph_or_model.meta
+            else:
+                graph = graph_or_model
+            chain = __getattr__("SENetChain")(graph, meta)
+            chainer.serializers.NpzDeserializer(npz, strict=True).load(chain)
+            check_unchanged(path, f, st, "Chainer npz")
+    except (KeyError, ValueError, TypeError, zipfile.BadZipFile, EOFError, OSError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FormatError(f"{path}: not a Chainer npz for this graph: {msg}") from None
     return chain

@@ -85,18 +85,24 @@ def build(model: Model) -> OpenCVNet:
     import cv2
 
     from senet_hub.converters import caffe_writer
+    from senet_hub.converters.caffe_format import MAX_PROTOTXT_BYTES
+    from senet_hub.wire import read_bytes
 
     src = model.meta.get("source_paths") or {}
     with tempfile.TemporaryDirectory(prefix="senet-hub-opencv-") as tmp:
         untouched = model.meta.get("source_format") == "caffe" and not model.meta.get("transforms")
-        if untouched and all(os.path.exists(src.get(k, "")) for k in ("prototxt", "caffemodel")):
+        # the sources are reused only while they are still regular files: OpenCV reads them by
+        # path itself and would block forever on a FIFO put in their place (issue 11 item 8)
+        if untouched and all(os.path.isfile(src.get(k, "")) for k in ("prototxt", "caffemodel")):
             prototxt, caffemodel = src["prototxt"], src["caffemodel"]
             taps = {n.name: n.source[-1] for n in model.graph.nodes if n.source}
         else:
             prototxt, caffemodel = caffe_writer.save(model, os.path.join(tmp, "model"))
             taps = {k: v[-1] for k, v in caffe_writer.layer_names(model).items()}
-        with open(prototxt) as f:
-            patched = patch_axpy(f.read())
+        # read like every input (regular file, size cap); it parsed as UTF-8 when the model was
+        # loaded, so a bad byte now means it was edited since: parse what is there, never crash
+        text = read_bytes(prototxt, "prototxt", MAX_PROTOTXT_BYTES).decode("utf-8", errors="replace")
+        patched = patch_axpy(text)
         patched_path = os.path.join(tmp, "patched.prototxt")
         with open(patched_path, "w") as f:
             f.write(patched)
