@@ -391,6 +391,11 @@ def _read_net(mv: memoryview, path: str) -> dict[str, tuple[str, list[np.ndarray
         if name is None:
             raise w.error("a layer without a name")
         if blobs:
+            if name in layers:  # Caffe copies both, the last winning: an ambiguity to refuse
+                raise FormatError(
+                    f"{path}: two layers named '{show(name)}' carry weights; Caffe would copy both into one "
+                    "layer (the last winning, each blob count checked): remove or rename the duplicate"
+                )
             layers[name] = (ltype, blobs)
     if not seen_layer:
         raise FormatError(f"{path}: no layers found: not a Caffe caffemodel (binary NetParameter)")

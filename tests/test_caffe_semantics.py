@@ -369,6 +369,19 @@ def test_renamed_layer_names_the_unmatched_ones(tmp_path):
     _one_line(r, "prototxt layer 'fc'", "'fc_v2'")
 
 
+def test_duplicate_weighted_layer_in_the_caffemodel_refused(tmp_path):
+    """Guards the caffemodel side: two records named 'conv' used to be read as the last one only,
+    so a bad blob count in the first was never checked."""
+    from senet_hub.converters.caffe_format import encode_layer
+    from senet_hub.errors import FormatError
+
+    weights = _weights(np.random.default_rng(0))
+    p, w = _write(tmp_path, TINY, weights)
+    w.write_bytes(w.read_bytes() + encode_layer("conv", "Convolution", weights["conv"]))
+    with pytest.raises(FormatError, match="two layers named 'conv' carry weights"):
+        caffe.load(p, w)
+
+
 def test_duplicate_weighted_layer_name_refused(tmp_path):
     """Guards a prototxt naming two weighted layers alike: Caffe copies the caffemodel's weights into
     the first only (the second keeps its random initialisation); both used to get them."""

@@ -337,7 +337,7 @@ def _load_weights(module: SENetModule, model: Model) -> None:
                 key = f"{n.name}.{p}"
                 sd[key].copy_(
                     torch.from_numpy(np.array(model.weights[key], dtype=np.float32))
-                )  # a copy: weights may be read-only mmap views
+                )  # a copy: weights may be read-only views on the file's buffer
 
 
 def run(native: SENetModule, x: np.ndarray, taps: bool = True) -> dict[str, np.ndarray]:
