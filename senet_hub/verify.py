@@ -328,6 +328,14 @@ def verify(
             report.timings[b] += time.perf_counter() - t
             done += 1
             tick(done, total, f"{b}{part}")
+            missing = [k for k in ref if k not in got]
+            if missing and not getattr(mods[b], "PARTIAL_TAPS", None):  # a silent gap is not a pass
+                report.errors[b] = (
+                    f"returned values for {len(ref) - len(missing)} of {len(ref)} nodes; missing "
+                    + ", ".join(missing[:5])
+                    + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                )
+                continue
             _accumulate(stats[b], ref, got, ref_stats)
             if out in got:
                 finals[b].append(np.asarray(got[out], np.float32))

@@ -73,3 +73,22 @@ def test_default_chunk_fits_the_budget(model):
     c = verify.default_chunk(model, shapes)
     per_image = sum(int(np.prod(s[1:])) for s in shapes.values()) * 12
     assert c >= 1 and (c == 1 or c * per_image <= verify.TAP_BUDGET)
+
+
+def test_a_backend_with_fewer_taps_fails(model, monkeypatch):
+    """A backend that silently skips a node used to pass (the row showed '-'): now an error."""
+    fake = _fake_backend()
+    run_all = fake.run
+    dropped = model.graph.nodes[5].name
+
+    def run(native, x, taps=True):
+        out = run_all(native, x, taps=taps)
+        out.pop(dropped)
+        return out
+
+    fake.run = run
+    monkeypatch.setattr(builders, "get", lambda name: fake)
+    report = verify.verify(model, ["numpy", "fake"], verify.default_input(model, 1, 7))
+    assert not report.passed and dropped in report.errors["fake"]
+    fake.PARTIAL_TAPS = "declared: this backend cannot expose every node"
+    assert verify.verify(model, ["numpy", "fake"], verify.default_input(model, 1, 7)).passed
