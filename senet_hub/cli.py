@@ -384,7 +384,7 @@ def export_onnx(
     "--chunk",
     type=click.IntRange(min=1),
     default=None,
-    help="Images per chunk: memory is bounded by one chunk's taps (default: what fits ~1.5 GB).",
+    help="Images per chunk: memory is bounded by one chunk's taps (default: what fits ~1 GB).",
 )
 @click.option(
     "--rtol",
