@@ -492,7 +492,10 @@ def verify(backends: str | None, input_path: str | None, batch: int, input_seed:
     report.provenance = provenance
     click.echo(report.to_text(max_rows))
     if artifact:
-        _say(consumers.summary_line(report))
+        from .consumers import ArtifactReport, summary_line
+
+        assert isinstance(report, ArtifactReport)
+        _say(summary_line(report))
     if json_path:
         data = json.dumps(report.to_json(), indent=1, default=str)
         if json_path == "-":

@@ -157,8 +157,9 @@ class ArtifactReport(verify_mod.Report):
         lines = [super().to_text(max_rows)]
         lines.append(f"artifact: {self.artifact} loaded by {self.consumer}; reference: the {self.reference}")
         lines += [f"note: {n}" for n in self.notes + self.hints]
-        if self.exact_line():
-            lines.append(self.exact_line())
+        exact = self.exact_line()
+        if exact:
+            lines.append(exact)
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -514,7 +515,7 @@ def _run_onnx_reference(job: _Job) -> dict[str, np.ndarray]:
     proto = _onnx_proto(job)
     job.version = onnx.__version__
     ev = ReferenceEvaluator(proto)
-    res = ev.run(None, {proto.graph.input[0].name: np.ascontiguousarray(job.x, np.float32)}, intermediate=True)
+    res: Any = ev.run(None, {proto.graph.input[0].name: np.ascontiguousarray(job.x, np.float32)}, intermediate=True)
     out = {n: np.asarray(res[n]) for n in _tap_names(proto, job.model) if n in res}
     out[job.final] = np.asarray(res[proto.graph.output[0].name])
     return out
@@ -927,12 +928,13 @@ def resolve(name: str, model: Model | None = None) -> tuple[Consumer, str | None
     if key in ("timm", "cadene"):
         if not arg:
             table = TIMM_MODELS if key == "timm" else CADENE_MODELS
-            arg = table.get(model.arch) if model is not None else None
-            if not arg:
+            found = table.get(model.arch) if model is not None else None
+            if not found:
                 raise UnsupportedError(
                     f"consumer '{name}' needs a model name: {key}:<model>, e.g. {key}:"
                     f"{'legacy_seresnet50' if key == 'timm' else 'se_resnet50'}"
                 )
+            arg = found
         return CONSUMERS[f"{key}:<model>"], arg
     if name in CONSUMERS and not arg:
         return CONSUMERS[name], None

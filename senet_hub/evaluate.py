@@ -148,7 +148,7 @@ def preprocess(img: Any, convention: dict) -> np.ndarray:
     else:
         nw, nh = int(short * w / h), short
     if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.BILINEAR)
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
     if nw < size or nh < size:
         raise InputFileError(f"image of {w}x{h} is too small for a {size} crop after resizing to {nw}x{nh}")
     left = int(round((nw - size) / 2.0))

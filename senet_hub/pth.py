@@ -93,7 +93,8 @@ class _ZipWriter:
     """Minimal stored (uncompressed) zip writer with 64-byte aligned data, like torch's."""
 
     def __init__(self, f: BinaryIO):
-        self.f, self.pos, self.central = f, 0, []
+        self.f, self.pos = f, 0
+        self.central: list[tuple[bytes, int, int, int]] = []  # (name, crc, size, offset)
 
     def add(self, name: str, chunks: list[memoryview | bytes], crc: int | None = None) -> None:
         fname = name.encode()
@@ -174,7 +175,7 @@ def write_state_dict(
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
         entries.append((key, _STORAGE[a.dtype], str(i), tuple(int(d) for d in a.shape)))
-        records.append((f"{archive}/data/{i}", memoryview(a.reshape(-1)).cast("B") if a.size else b""))
+        records.append((f"{archive}/data/{i}", memoryview(a.reshape(-1)).cast("B") if a.size else b""))  # type: ignore[arg-type]
     z = _ZipWriter(f)
     z.add(f"{archive}/data.pkl", [_pickle(entries)])
     z.add(f"{archive}/.format_version", [b"1"])

@@ -198,6 +198,7 @@ def fold_input_stage(model: Model) -> tuple[Model, bool]:
         m.weights[f"{conv.name}.bias"] = ((0.0 if bias is None else bias.astype(np.float64)) + const).astype(np.float32)
         mc.attrs["bias"] = True
     else:  # BN subtracts its mean from conv + const: subtract const from the mean instead
+        assert bn is not None  # bn_ok
         key = f"{bn.name}.running_mean"
         m.weights[key] = (model.weights[key].astype(np.float64) - const).astype(np.float32)
     mc.inputs = [g.input_name]

@@ -128,7 +128,7 @@ def _pool(F: Any, x: Any, a: dict, is_max: bool) -> Any:
 def _chain_class() -> type:
     chainer = import_chainer()
 
-    class SENetChain(chainer.Chain):
+    class SENetChain(chainer.Chain):  # type: ignore[name-defined]  # chainer is imported lazily
         """A canonical SENet graph as a Chain: ``chain(x)`` is the graph output (NCHW float32)."""
 
         def __init__(self, graph: Graph, meta: dict | None = None) -> None:

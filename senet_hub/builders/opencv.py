@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +77,7 @@ def patch_axpy(text: str) -> str:
 
 @dataclass
 class OpenCVNet:
-    net: object
+    net: Any  # cv2.dnn.Net
     taps: dict[str, str]  # canonical node -> Caffe layer whose output it is
     output: str
 

@@ -324,7 +324,7 @@ def build(model: Model) -> SENetModule:
     module = SENetModule(model.graph, shapes)
     _load_weights(module, model)
     # save() refuses a .pth of a module whose input convention lives in an InputNorm stage
-    module.senet_input_convention = model.meta.get("input_convention")
+    module.senet_input_convention = model.meta.get("input_convention")  # type: ignore[assignment]
     module.eval()
     return module
 
