@@ -171,7 +171,7 @@ class _Emitter:
                 self.add("Sigmoid", ins, out, out, doc)
             elif op in ("max_pool", "avg_pool"):
                 neutral = op == "max_pool" or not a.get("count_include_pad", True)
-                attrs = _pool_attrs(a, x_shape[2:4], neutral)
+                attrs = _pool_attrs(a, (int(x_shape[2]), int(x_shape[3])), neutral)
                 if op == "avg_pool":
                     attrs["count_include_pad"] = int(bool(a.get("count_include_pad", True)))
                 self.add("MaxPool" if op == "max_pool" else "AveragePool", ins, out, out, doc, **attrs)
@@ -230,7 +230,7 @@ class _Emitter:
         for i, (op, const) in enumerate(steps):
             last = i == len(steps) - 1
             y = out if last else self.fresh(f"{out}/{op.lower()}")
-            attrs = {"axis": 1} if op == "Gather" else {}
+            attrs: dict[str, Any] = {"axis": 1} if op == "Gather" else {}
             self.add(
                 op,
                 [x] + ([const] if const else []),
@@ -305,8 +305,11 @@ def to_onnx(model: Model, opset: int = DEFAULT_OPSET, inline: bool = False, batc
     return proto
 
 
-# The runtimes CI runs the written files in (tests/test_onnx_runtimes.py), by mode. OpenVINO and
-# onnx2torch do not expand model-local functions of a custom domain (FIELD_NOTES section 10).
+# The runtimes CI loads the written files into, each with its own loader
+# (tests/test_onnx_runtimes.py, all released architectures, both modes); that test also asserts
+# that the runtimes missing from RUNTIMES_FUNCTION still refuse a function file, so this message
+# changes when they do. OpenVINO 2026.4 and onnx2torch 1.5.15 do not expand model-local functions
+# of a custom domain (FIELD_NOTES section 10).
 RUNTIMES_FUNCTION = ("onnxruntime", "onnx.reference")
 RUNTIMES_ALL = ("onnxruntime", "onnx.reference", "OpenVINO", "onnx2torch")
 
@@ -316,15 +319,20 @@ def uses_custom_axpy(model: Model, inline: bool) -> bool:
     return not inline and any(n.op == "axpy" for n in model.graph.nodes)
 
 
+def _and(names: tuple[str, ...] | list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def runtimes_message(model: Model, inline: bool) -> str:
     """One line: which runtimes the written file runs in, and which flag gives a file for the others."""
     if uses_custom_axpy(model, inline):
+        others = [r for r in RUNTIMES_ALL if r not in RUNTIMES_FUNCTION]
         return (
-            f"runs in {' and '.join(RUNTIMES_FUNCTION)} (Axpy as custom op + function); "
-            "for OpenVINO and onnx2torch use --inline"
+            f"runs in {_and(RUNTIMES_FUNCTION)} (Axpy is the custom op {DOMAIN}::Axpy with a model-local "
+            f"function); {_and(others)} refuse it: pass --inline for a file that runs in all {len(RUNTIMES_ALL)}"
         )
-    why = "standard ops only" if inline else "no Axpy in this model: standard ops only"
-    return f"runs in {', '.join(RUNTIMES_ALL[:-1])} and {RUNTIMES_ALL[-1]} ({why})"
+    why = "standard ops only" if inline else "this model has no Axpy: standard ops only"
+    return f"runs in {_and(RUNTIMES_ALL)} ({why})"
 
 
 def _safe_name(s: str) -> str:
