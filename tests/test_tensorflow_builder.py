@@ -382,12 +382,20 @@ def test_artifacts_reload_with_tensorflow_alone(model, built, tmp_path):
 
 
 def test_savedmodel_replaces_existing_directory(model, built, tmp_path):
+    """An old SavedModel is replaced whole; a user's folder that is not one is refused untouched."""
     path = tmp_path / "sm"
     path.mkdir()
+    (path / "saved_model.pb").write_bytes(b"old")
     (path / "stale.txt").write_text("old")
     tfb.save(built, path)
-    assert not (path / "stale.txt").exists() and (path / "saved_model.pb").exists()
+    assert not (path / "stale.txt").exists() and (path / "saved_model.pb").read_bytes() != b"old"
     assert os.listdir(tmp_path) == ["sm"]
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep")
+    with pytest.raises(OutputError, match="untouched"):
+        tfb.save(built, user)
+    assert os.listdir(user) == ["notes.txt"]
 
 
 def test_unwritable_output_raises_output_error(model, built, tmp_path, monkeypatch):
