@@ -105,6 +105,23 @@ SOURCE_OPTIONS = [
 ]  # fmt: skip
 
 
+def verify_file_options(fn: Callable) -> Callable:
+    """--verify/--consumer of the commands that write a file (convert, export-onnx)."""
+    fn = click.option(
+        "--consumer",
+        default=None,
+        help="With --verify: the consumer to load the file with (e.g. timm:legacy_seresnet50, openvino; "
+        "`senet-hub consumers`).",
+    )(fn)
+    return click.option(
+        "--verify",
+        "verify_file",
+        is_flag=True,
+        help="Load the written file the way its users do (default consumer per format) and compare it with the "
+        "source model; exit 10 if it differs.",
+    )(fn)
+
+
 def source_options(fn: Callable) -> Callable:
     """The options that name a model; the command receives them as **src for _load."""
     for o in reversed(SOURCE_OPTIONS):
@@ -212,17 +229,7 @@ def _write_text(path: str, text: str) -> None:
     is_flag=True,
     help="Refuse to fold an input convention inexactly into formats that cannot hold an input stage (.pth, .ckpt).",
 )
-@click.option(
-    "--verify",
-    "verify_file",
-    is_flag=True,
-    help="Load the written file the way its users do (default consumer per format) and compare it with the source model; exit 10 if it differs.",
-)
-@click.option(
-    "--consumer",
-    default=None,
-    help="With --verify: the consumer to load the file with (e.g. timm:legacy_seresnet50, openvino; `senet-hub consumers`).",
-)
+@verify_file_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def convert(
     target: str,
@@ -311,17 +318,7 @@ def _onnx_runtimes(model: Any, inline: bool) -> str:
 @click.option("-o", "--output", required=True, help="Output .onnx file.")
 @click.option("--opset", type=int, default=None, help="ONNX opset version (13-21 tested; default 17).")
 @click.option("--inline", is_flag=True, help="Write plain standard ops (Axpy function inlined).")
-@click.option(
-    "--verify",
-    "verify_file",
-    is_flag=True,
-    help="Load the written file the way its users do (default consumer per format) and compare it with the source model; exit 10 if it differs.",
-)
-@click.option(
-    "--consumer",
-    default=None,
-    help="With --verify: the consumer to load the file with (e.g. timm:legacy_seresnet50, openvino; `senet-hub consumers`).",
-)
+@verify_file_options
 def export_onnx(
     output: str, opset: int | None, inline: bool, verify_file: bool, consumer: str | None, **src: Any
 ) -> None:

@@ -28,7 +28,6 @@ import hashlib
 import importlib.metadata as md
 import importlib.util
 import os
-import stat
 import sys
 import tempfile
 import time
@@ -49,6 +48,7 @@ from .errors import (
     UnsupportedError,
 )
 from .graph import Model, infer_shapes
+from .wire import check_regular
 
 # format id -> what it is (for messages)
 FORMATS = {
@@ -193,18 +193,6 @@ def _dist_version(*dists: str) -> str:
 def _first_line(e: BaseException) -> str:
     s = str(e).strip()
     return (s.splitlines()[0] if s else type(e).__name__)[:300]
-
-
-def _regular(path: str, what: str) -> None:
-    """A file the consumer reads must exist and be a regular file (a FIFO would block)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise InputFileError(f"{path}: no such {what}; check the path") from None
-    except OSError as e:
-        raise InputFileError(f"{path}: cannot read the {what} ({e.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise InputFileError(f"{path}: not a regular file; give the {what} itself")
 
 
 def _check_tensors(path: str, got: dict[str, tuple], want: dict[str, tuple], whose: str) -> None:
@@ -471,16 +459,6 @@ def _tap_names(proto: Any, model: Model) -> list[str]:
     return [n.name for n in model.graph.nodes if n.name in values]
 
 
-def _with_outputs(proto: Any, names: list[str]) -> Any:
-    from onnx import TensorProto, helper
-
-    p = type(proto)()
-    p.CopyFrom(proto)
-    have = {o.name for o in p.graph.output}
-    p.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in have)
-    return p
-
-
 def _run_onnxruntime(job: _Job) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
@@ -499,9 +477,9 @@ def _run_onnxruntime(job: _Job) -> dict[str, np.ndarray]:
     so2 = ort.SessionOptions()
     so2.log_severity_level = 3
     so2.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    taps = ort.InferenceSession(
-        _with_outputs(proto, names).SerializeToString(), so2, providers=["CPUExecutionProvider"]
-    )
+    from .builders.openvino import with_outputs  # onnx only: openvino itself is not imported
+
+    taps = ort.InferenceSession(with_outputs(proto, names).SerializeToString(), so2, providers=["CPUExecutionProvider"])
     out = dict(zip(names, taps.run(names, feed)))
     out[job.final] = final  # the file as written, all optimizations on
     job.notes.append("per-node values from an in-memory copy with every node as a graph output (optimizations off)")
@@ -1074,7 +1052,7 @@ def verify_artifact(
             raise InputFileError(f"{path}: no such SavedModel directory")
     else:
         for f in files:
-            _regular(f, FORMATS[fmt])
+            check_regular(f, FORMATS[fmt])  # a FIFO would block the consumer's loader
     check_available(shown, path)
 
     x = verify_mod.default_input(model, 2, 7) if x is None else np.ascontiguousarray(x, np.float32)

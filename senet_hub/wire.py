@@ -79,14 +79,8 @@ def _stat_id(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def open_regular(path: str | os.PathLike, what: str) -> tuple[io.BufferedReader, os.stat_result]:
-    """Open an input that must be a regular file, without ever blocking.
-
-    A FIFO with no writer would block open() forever and a pipe reads as a short stream, so
-    anything that is not a regular file (FIFO, socket, device, directory) is refused before it
-    is opened; O_NONBLOCK covers the race where the name is swapped for a FIFO in between.
-    Returns the file and its fstat (for `check_unchanged`).
-    """
+def check_regular(path: str | os.PathLike, what: str) -> os.stat_result:
+    """The stat of an input that must be a regular file; InputFileError (exit 3) otherwise."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -99,6 +93,18 @@ def open_regular(path: str | os.PathLike, what: str) -> tuple[io.BufferedReader,
         raise InputFileError(
             f"{path}: is not a regular file (a FIFO, pipe, socket or device); save the {what} to a file and pass that"
         )
+    return st
+
+
+def open_regular(path: str | os.PathLike, what: str) -> tuple[io.BufferedReader, os.stat_result]:
+    """Open an input that must be a regular file, without ever blocking.
+
+    A FIFO with no writer would block open() forever and a pipe reads as a short stream, so
+    anything that is not a regular file (FIFO, socket, device, directory) is refused before it
+    is opened; O_NONBLOCK covers the race where the name is swapped for a FIFO in between.
+    Returns the file and its fstat (for `check_unchanged`).
+    """
+    check_regular(path, what)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:

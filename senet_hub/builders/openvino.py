@@ -58,12 +58,12 @@ class OvModel:
 
     def compiled(self, taps: bool) -> Any:
         if taps not in self._compiled:
-            proto = _with_outputs(self.proto, self.nodes) if taps else self.proto
+            proto = with_outputs(self.proto, self.nodes) if taps else self.proto
             self._compiled[taps] = _compile(proto.SerializeToString(), self.config)
         return self._compiled[taps]
 
 
-def _with_outputs(proto: Any, names: list[str]) -> Any:
+def with_outputs(proto: Any, names: list[str]) -> Any:
     """A copy of proto whose graph outputs also include ``names`` (those not already outputs)."""
     from onnx import TensorProto, helper
 
@@ -148,7 +148,7 @@ def run_onnx_file(path: str | os.PathLike, x: np.ndarray, outputs: list[str] | N
         if missing:
             # the file does not belong to the model the caller compares it with
             raise ModelError(f"{path}: the ONNX graph has no value named '{missing[0]}' (is it this model's file?)")
-        proto = _with_outputs(proto, outputs)
+        proto = with_outputs(proto, outputs)
     try:
         # the bytes as read (not re-serialized) unless taps were added: what a user's read_model sees
         compiled = _compile(proto.SerializeToString() if outputs else data, F32)
