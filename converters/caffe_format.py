@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from senet_hub.errors import FormatError
-from senet_hub.wire import WireReader, read_bytes
+
+from .wire import WireReader, read_bytes
 
 # V1LayerParameter.LayerType enum (caffe.proto) -> V2 type string
 V1_TYPES = {

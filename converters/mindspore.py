@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 
 from senet_hub.errors import FormatError, ModelError, SenetHubError
-from senet_hub.wire import WireReader, read_bytes
+
+from .wire import WireReader, read_bytes
 
 # tensor_type string -> numpy dtype (little-endian as written on disk)
 CKPT_DTYPES: dict[str, str] = {
@@ -515,13 +516,14 @@ def save_ckpt(model: Any, path: str | os.PathLike, crc: bool = False, metadata: 
     canonical paths.
 
     A checkpoint holds only parameters, so a graph with an input_norm stage is refused (fold it
-    first: senet_hub.sources.save_model does). `metadata` (senet_hub.pth.metadata_record) is
+    first: senet_hub.sources.save_model does). `metadata` (senet_hub.converters.pth.metadata_record) is
     stored as one string entry, ``senet_hub_metadata`` (JSON), last: MindSpore's load_checkpoint
     returns it as a str and load_param_into_net leaves it out; read it with read_metadata.
     """
     from senet_hub import zoo_mindcv
     from senet_hub.graph import infer_shapes
-    from senet_hub.pth import check_weights_only
+
+    from .pth import check_weights_only
 
     if zoo_mindcv.is_arch(model.arch):
         tensors = to_mindcv(model)  # refuses any graph that is not MindCV's, an input stage included

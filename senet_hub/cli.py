@@ -428,7 +428,7 @@ def verify(backends: str | None, input_path: str | None, batch: int, input_seed:
     for p in outputs:
         check_writable(p)
     if input_path:
-        from .npyio import check_exists
+        from .converters.npyio import check_exists
 
         check_exists(input_path)
 
@@ -459,8 +459,8 @@ def verify(backends: str | None, input_path: str | None, batch: int, input_seed:
 
     check_finite(model, fatal=True)  # NaN/Inf weights: ModelError (exit 5) naming the tensors
     if input_path:
+        from .converters.npyio import read_npy
         from .errors import FormatError
-        from .npyio import read_npy
 
         x = read_npy(input_path)
         want = " x ".join(map(str, model.graph.input_shape[1:]))

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from . import verify as verify_mod
+from .converters.wire import check_regular
 from .errors import (
     FormatError,
     InputFileError,
@@ -48,7 +49,6 @@ from .errors import (
     UnsupportedError,
 )
 from .graph import Model, infer_shapes
-from .wire import check_regular
 
 # format id -> what it is (for messages)
 FORMATS = {
@@ -267,7 +267,7 @@ def _load_pth(job: _Job) -> dict[str, Any]:
         ) from None
     if not isinstance(sd, dict):
         raise FormatError(f"{job.path}: holds a {type(sd).__name__}, not a state_dict")
-    from .pth import model_state_dict
+    from .converters.pth import model_state_dict
 
     want = {k: tuple(v.shape) for k, v in model_state_dict(job.model).items()}
     got = {k: tuple(getattr(v, "shape", ())) for k, v in sd.items()}
@@ -425,7 +425,7 @@ def _onnx_proto(job: _Job) -> Any:
     """The file's ModelProto, checked against the source model's weights (names and shapes)."""
     import onnx
 
-    from .wire import read_bytes
+    from .converters.wire import read_bytes
 
     try:
         proto = onnx.load_model_from_string(bytes(read_bytes(job.path, "ONNX file")))
@@ -606,7 +606,7 @@ def _mxnet_files(path: str) -> list[str]:
 
 def _run_mxnet(job: _Job) -> dict[str, np.ndarray]:
     from .builders import mxnet as mxb
-    from .compat import import_mxnet
+    from .builders.compat import import_mxnet
 
     mx = import_mxnet()
     sym_file, params_file = job.files
@@ -700,7 +700,7 @@ def _run_opencv(job: _Job) -> dict[str, np.ndarray]:
 
     prototxt, caffemodel = job.files
     from .converters.caffe_format import MAX_PROTOTXT_BYTES
-    from .wire import read_bytes
+    from .converters.wire import read_bytes
 
     text = read_bytes(prototxt, "prototxt", MAX_PROTOTXT_BYTES).decode("utf-8", errors="replace")
     try:
@@ -978,7 +978,7 @@ def _same_convention(a: Any, b: Any) -> bool:
 def _metadata_notes(path: str, model: Model) -> list[str]:
     """What the .pth's senet-hub record says that disagrees with the model it is compared with
     (the usual cause of a FAIL: another --input-convention / --class-order than the file's)."""
-    from . import pth
+    from .converters import pth
 
     if not hasattr(pth, "read_metadata"):
         return []

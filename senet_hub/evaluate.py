@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from .converters.wire import open_regular, read_bytes
 from .errors import FormatError, InputFileError, ModelError, SenetHubError
-from .wire import open_regular, read_bytes
 
 MAX_LABEL_BYTES = 64 << 20  # a label file is 'name label' lines: ImageNet's 50,000 take ~1 MB
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff", ".gif")

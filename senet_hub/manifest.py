@@ -124,7 +124,7 @@ def _read_packaged() -> bytes:
 
 def _read_file(path: str) -> bytes:
     """$SENET_HUB_MANIFEST's bytes: a regular file only (a FIFO would block forever), size-capped."""
-    from .wire import check_unchanged, open_regular
+    from .converters.wire import check_unchanged, open_regular
 
     try:
         f, st = open_regular(path, "manifest")

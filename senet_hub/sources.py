@@ -203,7 +203,7 @@ def save_model(
     if fmt:
         model = fold_for_weights_only(model, fmt, path, exact_input=exact_input, say=say)
         ensure_hashes(model)
-        from .pth import metadata_record
+        from .converters.pth import metadata_record
 
         if target == "mindspore":
             from .converters import mindspore as ms
@@ -211,7 +211,7 @@ def save_model(
             return [ms.save_ckpt(model, path, metadata=metadata_record(model)) or path]
         if say:
             warn_timm_mismatch(model, say)
-        from .pth import save_model as save_pth
+        from .converters.pth import save_model as save_pth
 
         return save_pth(model, path, metadata=metadata_record(model))
     if target == "caffe":

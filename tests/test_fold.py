@@ -16,10 +16,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from senet_hub import pth, sources, transforms, zoo
+from senet_hub import sources, transforms, zoo
 from senet_hub.builders import numpy_ref
 from senet_hub.builders.numpy_ref import conv2d
 from senet_hub.converters import mindspore as msc
+from senet_hub.converters import pth
 from senet_hub.errors import InputFileError, UnsupportedError
 from senet_hub.graph import Graph, Model, Node
 

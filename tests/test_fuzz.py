@@ -310,7 +310,7 @@ def test_prototxt_format_parse_round_trip(msg):
 def _reference_values(body: bytes) -> np.ndarray:
     """BlobProto data decoded field by field with the generic reader (the reader before runs of
     unpacked values were gathered with numpy): the oracle for the fast path."""
-    from senet_hub.wire import WireReader
+    from senet_hub.converters.wire import WireReader
 
     w = WireReader(memoryview(body), "x")
     vals: dict[int, list[bytes]] = {5: [], 8: []}

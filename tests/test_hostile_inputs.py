@@ -208,7 +208,7 @@ def _rewrite(path: Path, how: str) -> None:
 
 
 HOOK = """
-import os, senet_hub.wire as w
+import os, senet_hub.converters.wire as w
 _real = w.open_regular
 def _hooked(path, what):
     f, st = _real(path, what)
@@ -225,7 +225,7 @@ def test_caffemodel_changed_while_read(tmp_path, tiny, how, monkeypatch):
     (and read a mix of old and new bytes when it was rewritten). The file is now read into one
     buffer and its identity (device, inode, size, mtime) checked before and after: exit 4, one
     line. Deterministic: a hook changes the file right after it is opened."""
-    import senet_hub.wire as wire
+    import senet_hub.converters.wire as wire
 
     prototxt, caffemodel = tiny
     real = wire.open_regular
@@ -377,7 +377,7 @@ def test_chainer_load_never_unpickles(tmp_path):
     """Issue 11 item 10: builders.chainer.load(None, path) used chainer's load_npz (allow_pickle=True),
     so an object array in a user's .npz ran its pickle. Now every entry is read with pickles
     refused: the marker is never created and the error is one line (FormatError, exit 4)."""
-    from senet_hub.compat import version_of
+    from senet_hub.builders.compat import version_of
 
     if version_of("chainer") is None:
         pytest.skip("chainer not installed")

@@ -14,10 +14,9 @@ import pytest
 from conftest import WITH_CAFFE_REFERENCE, needs_shared
 
 from senet_hub import (
-    compat,
     zoo,  # ours: a broken module fails here, never skips
 )
-from senet_hub.builders import numpy_ref
+from senet_hub.builders import compat, numpy_ref
 from senet_hub.errors import OutputError
 from senet_hub.graph import Graph, Model, Node, expected_params, output_shape, pool_out, validate
 
@@ -139,8 +138,9 @@ def test_model_covers_every_op_and_pool_case():
 
 
 def test_import_senet_hub_loads_no_framework():
-    code = "import senet_hub, senet_hub.compat, senet_hub.builders.mxnet, senet_hub.builders.chainer, sys; " + (
-        "print(sorted(m for m in ('mxnet', 'chainer') if m in sys.modules))"
+    code = (
+        "import senet_hub, senet_hub.builders.compat, senet_hub.builders.mxnet, senet_hub.builders.chainer, sys; "
+        + ("print(sorted(m for m in ('mxnet', 'chainer') if m in sys.modules))")
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
@@ -164,7 +164,7 @@ def test_compat_shims_only_when_called():
     code = textwrap.dedent(
         """
         import sys, numpy as np
-        import senet_hub.compat as c
+        import senet_hub.builders.compat as c
         assert "bool" not in np.__dict__ or np.__version__ >= "2"
         assert "chainer._environment_check" not in sys.modules
         mx = c.import_mxnet(); ch = c.import_chainer()

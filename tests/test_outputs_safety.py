@@ -27,8 +27,8 @@ from test_caffe_reader import TINY, _weights
 from senet_hub import atomic
 from senet_hub.cli import main
 from senet_hub.converters.caffe_format import encode_layer
+from senet_hub.converters.npyio import read_npy
 from senet_hub.errors import OutputError, SenetHubError
-from senet_hub.npyio import read_npy
 from senet_hub.paths import check_not_inputs
 
 TYPES = {"conv": "Convolution", "conv/bn": "BatchNorm", "conv/scale": "Scale", "fc": "InnerProduct"}

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from senet_hub.pth import write_state_dict
+from senet_hub.converters.pth import write_state_dict
 
 torch = pytest.importorskip("torch", reason="torch not installed (pip install 'senet-hub[torch]')")
 

@@ -9,7 +9,7 @@ import pytest
 from senet_hub import zoo
 from senet_hub.builders import numpy_ref
 from senet_hub.converters import caffe, caffe_writer
-from senet_hub.pth import save_model as save_pth
+from senet_hub.converters.pth import save_model as save_pth
 
 BIG = {"SE-ResNet-152", "SE-ResNeXt-101", "SENet-154"}
 ARCHS = [pytest.param(a, marks=pytest.mark.slow) if a in BIG else a for a in zoo.list_archs()]

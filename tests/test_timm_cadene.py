@@ -29,8 +29,9 @@ import re
 import numpy as np
 import pytest
 
-from senet_hub import pth, sources, transforms, zoo
+from senet_hub import sources, transforms, zoo
 from senet_hub.builders import numpy_ref
+from senet_hub.converters import pth
 
 torch = pytest.importorskip("torch", reason="torch not installed (pip install 'senet-hub[torch]')")
 timm = pytest.importorskip("timm", reason="timm not installed (the test extra installs it --no-deps)")

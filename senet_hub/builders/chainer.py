@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from ..compat import import_chainer, version_of
 from ..errors import FormatError
 from ..graph import Graph, Model, Node, _reshape_target, infer_shapes, output_shape, pool_out
+from .compat import import_chainer, version_of
 from .numpy_ref import _pool_counts
 
 NAME = "chainer"
@@ -369,7 +369,7 @@ def load(graph_or_model: Graph | Model | None, path: str | os.PathLike) -> Any:
     The file must be a regular file (a FIFO is refused, never waited on) and is read with pickles
     refused: an object array is a FormatError, never code run from the file.
     """
-    from ..wire import check_unchanged, open_regular
+    from ..converters.wire import check_unchanged, open_regular
 
     chainer = import_chainer()
     path = os.fspath(path)

@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from ..compat import import_mxnet, version_of
 from ..graph import Model, infer_shapes, pool_out
+from .compat import import_mxnet, version_of
 
 NAME = "mxnet"
 EXTRA = "mxnet"

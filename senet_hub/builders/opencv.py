@@ -87,7 +87,8 @@ def build(model: Model) -> OpenCVNet:
 
     from senet_hub.converters import caffe_writer
     from senet_hub.converters.caffe_format import MAX_PROTOTXT_BYTES
-    from senet_hub.wire import read_bytes
+
+    from ..converters.wire import read_bytes
 
     src = model.meta.get("source_paths") or {}
     with tempfile.TemporaryDirectory(prefix="senet-hub-opencv-") as tmp:

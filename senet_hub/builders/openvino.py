@@ -129,7 +129,7 @@ def run_onnx_file(path: str | os.PathLike, x: np.ndarray, outputs: list[str] | N
     """
     import onnx
 
-    from ..wire import read_bytes
+    from ..converters.wire import read_bytes
     from .onnx import DOMAIN
 
     _ov()

@@ -357,9 +357,9 @@ def _as_module(model: Model | SENetModule) -> SENetModule:
 
 
 def state_dict_bytes(model: Model | SENetModule) -> bytes:
-    """The state_dict in torch.save's format (written by senet_hub.pth, so a Model and its
+    """The state_dict in torch.save's format (written by senet_hub.converters.pth, so a Model and its
     module give the same bytes); the same weights give the same bytes."""
-    from ..pth import model_state_dict, write_state_dict
+    from ..converters.pth import model_state_dict, write_state_dict
 
     if isinstance(model, Model):
         sd = model_state_dict(model)
@@ -392,7 +392,7 @@ def save(model: Model | SENetModule, path: str | os.PathLike, format: str | None
         )
     check_writable(path)
     if fmt == "state_dict" and isinstance(model, Model):  # streams the weights; no module needed
-        from ..pth import save_model as save_pth
+        from ..converters.pth import save_model as save_pth
 
         return save_pth(model, path)
     module = _as_module(model)

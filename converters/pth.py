@@ -222,7 +222,7 @@ def model_state_dict(model) -> dict[str, np.ndarray]:
 
 def metadata_record(model) -> dict:
     """What a state_dict file cannot say by itself: the record read_metadata returns."""
-    from . import __version__
+    from senet_hub import __version__
 
     meta = model.meta
     return {
@@ -242,7 +242,7 @@ def check_weights_only(model, what: str = "a .pth state_dict") -> None:
     compute the source convention (fold it first, as sources.save_model does). A graph with no
     input convention (e.g. a test graph of every op) is written as is: its input_norm lives in the
     graph senet-hub loads the file with (builders.torch.load_state_dict(graph, path))."""
-    from .errors import UnsupportedError
+    from senet_hub.errors import UnsupportedError
 
     stages = [n.name for n in model.graph.nodes if n.op == "input_norm"]
     if stages and model.meta.get("input_convention"):
@@ -255,7 +255,7 @@ def check_weights_only(model, what: str = "a .pth state_dict") -> None:
 def save_model(model, path: str, metadata: dict | None = None) -> list[str]:
     """Write the model's state_dict as a .pth file, atomically, without importing torch;
     with `metadata` (see metadata_record) the file carries that record too."""
-    from .atomic import atomic_outputs
+    from senet_hub.atomic import atomic_outputs
 
     check_weights_only(model)
     sd = model_state_dict(model)
@@ -267,7 +267,8 @@ def save_model(model, path: str, metadata: dict | None = None) -> list[str]:
 def read_metadata(path: str) -> dict | None:
     """The senet-hub record of a .pth (zipfile + json, nothing unpickled); None when the file is not
     a zip archive or has no such record. An unreadable path raises InputFileError (exit 3)."""
-    from .errors import FormatError
+    from senet_hub.errors import FormatError
+
     from .wire import open_regular
 
     f, _ = open_regular(path, "PyTorch state_dict")

@@ -11,7 +11,8 @@ import os
 
 import numpy as np
 
-from .errors import FormatError, InputFileError
+from senet_hub.errors import FormatError, InputFileError
+
 from .wire import check_unchanged, open_regular
 
 WHAT = ".npy input array"

@@ -13,7 +13,7 @@ import stat
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from .errors import FormatError, InputFileError
+from senet_hub.errors import FormatError, InputFileError
 
 
 class WireReader:
