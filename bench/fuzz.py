@@ -4,7 +4,7 @@
     python bench/fuzz.py -n 1e6 --seed 7 --big   # multi-megabyte mutants too (nesting 100,000 deep, ...)
     python bench/fuzz.py --minutes 30 --only caffemodel,prototxt_graph --out fuzz_findings
 
-Mutators and the contract are in tests/fuzzing.py. Every input that breaks the contract (an
+Mutators, the target registry and the contract are in bench/fuzzing.py. Every input that breaks the contract (an
 exception other than SenetHubError, a multi-line message, over the time limit, over its memory
 bound) is written to --out as <target>-<n>.<ext> with a .txt note; the exit status is 1 if any.
 --no-trace skips tracemalloc (about 2x faster, no memory check).
@@ -19,9 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-import fuzzing  # noqa: E402
+import fuzzing  # bench/fuzzing.py: the script's own directory is on sys.path
 
 
 def main(argv: list[str] | None = None) -> int:

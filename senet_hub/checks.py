@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from . import formats
 from .errors import ModelError
 
 
@@ -48,7 +49,9 @@ def describe_nonfinite(model: Any, names: list[str], limit: int = 4) -> str:
         shown.append(f"{k}{origin} ({counts})")
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     paths = model.meta.get("source_paths") or {}
-    where = next((paths[k] for k in ("caffemodel", "ckpt", "weights") if k in paths), None) or model.arch
+    # the weights file each source records under its option's name (formats.SourceFormat.weights_option)
+    keys = [s.weights_option for s in formats.sources() if s.weights_option] + ["weights"]
+    where = next((paths[k] for k in keys if k in paths), None) or model.arch
     s = "s" if len(names) > 1 else ""
     return f"{where}: {len(names)} weight tensor{s} hold NaN/Inf: {', '.join(shown)}{more}"
 

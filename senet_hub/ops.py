@@ -20,7 +20,7 @@ shape walk (``graph_shapes``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -121,27 +121,9 @@ class InputNormAttrs:
     shift: tuple[float, ...]
 
 
-# op -> its attribute type (the op declarations proper, with arity, parameters, shape rule and
-# reference semantics, are ``OPS`` below)
-ATTRS: dict[str, type] = {
-    "conv": ConvAttrs,
-    "batch_norm": BatchNormAttrs,
-    "relu": NoAttrs,
-    "sigmoid": NoAttrs,
-    "max_pool": PoolAttrs,
-    "avg_pool": PoolAttrs,
-    "global_avg_pool": NoAttrs,
-    "axpy": NoAttrs,
-    "channel_scale": NoAttrs,
-    "add": NoAttrs,
-    "concat": ConcatAttrs,
-    "reshape": ReshapeAttrs,
-    "flatten": NoAttrs,
-    "linear": LinearAttrs,
-    "softmax": NoAttrs,
-    "dropout": DropoutAttrs,
-    "input_norm": InputNormAttrs,
-}
+# op -> its attribute type, filled by ``declare`` (the op declarations proper, with arity,
+# parameters, shape rule and reference semantics, are ``OPS`` below)
+ATTRS: dict[str, type] = {}
 
 
 def _coerce(name: str, annotation: str, value: Any) -> Any:
@@ -233,15 +215,384 @@ def dead_after(graph: Graph) -> list[list[str]]:
 
 def graph_shapes(graph: Graph, input_shape: Shape | None = None) -> dict[str, Shape]:
     """Every value's shape from the graph alone (no weights needed)."""
-    from .graph import output_shape
-
     shapes: dict[str, Shape] = {graph.input_name: tuple(input_shape or graph.input_shape)}
     for n in graph.nodes:
+        a = attrs_of(n)  # a ModelError naming the node for an unknown op or bad attributes
         try:
-            shapes[n.name] = output_shape(n, [shapes[i] for i in n.inputs])
+            shapes[n.name] = OPS[n.op].shape(a, [shapes[i] for i in n.inputs])
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise ModelError(f"node '{n.name}' ({n.op}): {e}") from None
     return shapes
+
+
+# ---------------------------------------------------------------------------- op declarations
+
+A = TypeVar("A")
+Arrays = dict[str, np.ndarray]
+
+
+class Op(Generic[A]):
+    """One canonical op: the class docstring is its documented semantics, ``reference`` the exact
+    float64 numpy implementation every backend is compared with (it runs in float32 as well).
+
+    Parameter names ending in '?' are optional: present when the node's ``bias`` attribute is true.
+    """
+
+    name: str = ""
+    arity: int | None = 1  # number of inputs; None: variadic
+    params: tuple[str, ...] = ()
+    attrs: type[A]
+
+    def shape(self, a: A, ins: list[Shape]) -> Shape:
+        return ins[0]  # elementwise ops keep their input's shape
+
+    def param_shapes(self, a: A, ins: list[Shape]) -> dict[str, Shape]:
+        return {}
+
+    def reference(self, a: A, ins: list[np.ndarray], p: Arrays) -> np.ndarray:
+        raise NotImplementedError(self.name)  # every declaration overrides it (the conformance test checks)
+
+    @property
+    def doc(self) -> str:
+        return " ".join((type(self).__doc__ or "").split())
+
+
+# op name -> its one declaration
+OPS: dict[str, Op[Any]] = {}
+
+
+def declare(cls: type[Op[Any]]) -> type[Op[Any]]:
+    """Class decorator: register the op (once) and its attribute type."""
+    op = cls()
+    if not op.name or op.name in OPS:
+        raise ValueError(f"op '{op.name}' declared twice or without a name")
+    OPS[op.name] = op
+    ATTRS[op.name] = op.attrs
+    return cls
+
+
+def param_names(op: str, attrs: dict[str, Any]) -> list[str]:
+    """The parameters a node of ``op`` carries (optional ones only when ``attrs['bias']`` is true)."""
+    return [p.rstrip("?") for p in OPS[op].params if not p.endswith("?") or attrs.get("bias", True)]
+
+
+def _windows(
+    xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, ho: int, wo: int
+) -> Iterator[np.ndarray]:
+    for i in range(kh):
+        for j in range(kw):
+            yield xp[:, :, i * dh : i * dh + sh * (ho - 1) + 1 : sh, j * dw : j * dw + sw * (wo - 1) + 1 : sw]
+
+
+def conv2d(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    stride: Pair,
+    pad: Pads,
+    dilation: Pair = (1, 1),
+    groups: int = 1,
+) -> np.ndarray:
+    """Cross-correlation as im2col + one matmul per group (kernel size from the weight)."""
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    (sh, sw), (pt, pl, pb, pr), (dh, dw), g = stride, pad, dilation, groups
+    ho, wo = conv_out(h, kh, sh, pt, pb, dh), conv_out(wd, kw, sw, pl, pr, dw)
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    if kh == kw == 1:
+        cols = xp[:, :, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw].reshape(n, g, cg, ho * wo)
+    else:
+        cols = np.stack(list(_windows(xp, kh, kw, sh, sw, dh, dw, ho, wo)), axis=2)  # n, c, taps, ho, wo
+        cols = cols.reshape(n, g, cg * kh * kw, ho * wo)
+    y = np.matmul(w.reshape(g, o // g, cg * kh * kw), cols).reshape(n, o, ho, wo)
+    return y if b is None else y + b[:, None, None]
+
+
+def pool2d(x: np.ndarray, a: PoolAttrs, is_max: bool) -> np.ndarray:
+    """Gather the kh*kw shifted windows of a canvas holding x at (pt, pl); max or sum / divisor."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (pt, pl, pb, pr) = a.kernel, a.stride, a.pad
+    ho, wo = a.out_hw(h, w)
+    fill = -np.inf if is_max else 0.0
+    xp = np.full((n, c, max((ho - 1) * sh + kh, h + pt + pb), max((wo - 1) * sw + kw, w + pl + pr)), fill, x.dtype)
+    xp[:, :, pt : pt + h, pl : pl + w] = x
+    taps = _windows(xp, kh, kw, sh, sw, 1, 1, ho, wo)
+    acc = next(taps).copy()
+    for t in taps:
+        if is_max:
+            np.maximum(acc, t, out=acc)
+        else:
+            acc += t
+    return acc if is_max else acc / a.divisor(h, w).astype(x.dtype)
+
+
+def _nc11(v: np.ndarray) -> np.ndarray:
+    return v.reshape(v.shape[0], v.shape[1], 1, 1)
+
+
+@declare
+class Conv(Op[ConvAttrs]):
+    """y = cross-correlation(x, weight) [+ bias]. attrs: out_channels, kernel (kh, kw), stride (sh, sw),
+    pad (top, left, bottom, right; zeros), dilation (dh, dw), groups, bias (bool).
+    params: weight (O, I/groups, kh, kw), bias (O,)."""
+
+    name, params, attrs = "conv", ("weight", "bias?"), ConvAttrs
+
+    def shape(self, a: ConvAttrs, ins: list[Shape]) -> Shape:
+        x = ins[0]
+        (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = a.kernel, a.stride, a.pad, a.dilation
+        if x[1] % a.groups or a.out_channels % a.groups:
+            raise ValueError(f"channels {x[1]} -> {a.out_channels} not divisible by groups {a.groups}")
+        return (x[0], a.out_channels, conv_out(x[2], kh, sh, pt, pb, dh), conv_out(x[3], kw, sw, pl, pr, dw))
+
+    def param_shapes(self, a: ConvAttrs, ins: list[Shape]) -> dict[str, Shape]:
+        return {"weight": (a.out_channels, ins[0][1] // a.groups, *a.kernel), "bias": (a.out_channels,)}
+
+    def reference(self, a: ConvAttrs, ins: list[np.ndarray], p: Arrays) -> np.ndarray:
+        return conv2d(ins[0], p["weight"], p.get("bias"), a.stride, a.pad, a.dilation, a.groups)
+
+
+@declare
+class BatchNorm(Op[BatchNormAttrs]):
+    """Inference BN: (x - running_mean) / sqrt(running_var + eps) * weight + bias, per channel (axis 1).
+    attrs: eps. params: weight, bias, running_mean, running_var, each (C,)."""
+
+    name, params, attrs = "batch_norm", ("weight", "bias", "running_mean", "running_var"), BatchNormAttrs
+
+    def param_shapes(self, a: BatchNormAttrs, ins: list[Shape]) -> dict[str, Shape]:
+        return {k: (ins[0][1],) for k in self.params}
+
+    def reference(self, a: BatchNormAttrs, ins: list[np.ndarray], p: Arrays) -> np.ndarray:
+        x = ins[0]
+        scale = p["weight"] / np.sqrt(p["running_var"] + x.dtype.type(a.eps))
+        shift = p["bias"] - p["running_mean"] * scale
+        return x * scale[:, None, None] + shift[:, None, None]
+
+
+@declare
+class Relu(Op[NoAttrs]):
+    """max(x, 0), elementwise."""
+
+    name, attrs = "relu", NoAttrs
+
+    def reference(self, a: NoAttrs, ins: list[np.ndarray], p: Arrays) -> np.ndarray:
+        return np.maximum(ins[0], 0)
+
+
+@declare
+class Sigmoid(Op[NoAttrs]):
+    """1 / (1 + exp(-x)), elementwise."""
+
+    name, attrs = "sigmoid", NoAttrs
+
+    def reference(self, a: NoAttrs, ins: list[np.ndarray], p: Arrays) -> np.ndarray:
+        return 1 / (1 + np.exp(-ins[0]))
+
+
+class _Pool(Op[PoolAttrs]):
+    attrs = PoolAttrs
+
+    def shape(self, a: PoolAttrs, ins: list[Shape]) -> Shape:
+        x = ins[0]
+        return (x[0], x[1], *a.out_hw(x[2], x[3]))
+
+
+@declare
+class MaxPool(_Pool):
+    """attrs: kernel, stride, pad (t, l, b, r), ceil (bool). Output size per axis:
+    n = ceil_or_floor((size + p0 + p1 - k) / s) + 1, and with ceil, when (n - 1) * s >= size + p0 the
+    last window would start in the padding and is dropped (Caffe's clip rule). Padding never wins."""
+
+    name = "max_pool"
+
+    def reference(self, a: PoolAttrs, ins: list[np.ndarray], p: Arrays) -> np.ndarray:
+        return pool2d(ins[0], a, True)
+
+
+@declare
+class AvgPool(_Pool):
+    """As max_pool, plus count_include_pad (bool): divide by the window clipped to [-p0, size + p1)
+    when true, else by the number of real pixels in the window."""
+
+    name = "avg_pool"
+
+    def reference(self, a: PoolAttrs, ins: list[np.ndarray], p: Arrays) -> np.ndarray:
+        return pool2d(ins[0], a, False)
+
+
+@declare
+class GlobalAvgPool(Op[NoAttrs]):
+    """Mean over H, W; output N x C x 1 x 1."""
+
+    name, attrs = "global_avg_pool", NoAttrs
+
+    def shape(self, a: NoAttrs, ins: list[Shape]) -> Shape:
+        return (ins[0][0], ins[0][1], 1, 1)
+
+    def reference(self, a: NoAttrs, ins: list[np.ndarray], p: Arrays) -> np.ndarray:
+        return ins[0].mean(axis=(2, 3), keepdims=True)
+
+
+@declare
+class Axpy(Op[NoAttrs]):
+    """Inputs (a, x, y): out = a * x + y, a of shape N x C x 1 x 1 (or N x C) broadcast over H, W.
+    The SE scale fused with the residual sum (Caffe Axpy)."""
+
+    name, arity, attrs = "axpy", 3, NoAttrs
+
+    def shape(self, a: NoAttrs, ins: list[Shape]) -> Shape:
+        a_, x_, y_ = ins
+        if x_ != y_ or tuple(a_[:2]) != tuple(x_[:2]) or math.prod(a_) != a_[0] * a_[1]:
+            raise ValueError(f"axpy needs a: N x C x 1 x 1 and x, y of one shape; got {a_}, {x_}, {y_}")
+        return x_
+
+    def reference(self, a: NoAttrs, ins: list[np.ndarray], p: Arrays) -> np.ndarray:
+        return _nc11(ins[0]) * ins[1] + ins[2]
+
+
+@declare
+class ChannelScale(Op[NoAttrs]):
+    """Inputs (x, s): out = x * s, s of shape N x C (or N x C x 1 x 1)."""
+
+    name, arity, attrs = "channel_scale", 2, NoAttrs
+
+    def shape(self, a: NoAttrs, ins: list[Shape]) -> Shape:
+        x, s = ins
+        if tuple(s[:2]) != tuple(x[:2]) or math.prod(s) != x[0] * x[1]:
+            raise ValueError(f"channel_scale needs s of shape N x C; got {s} for x {x}")
+        return x
+
+    def reference(self, a: NoAttrs, ins: list[np.ndarray], p: Arrays) -> np.ndarray:
+        return ins[0] * _nc11(ins[1])
+
+
+@declare
+class Add(Op[NoAttrs]):
+    """Inputs (x, y) of one shape: x + y."""
+
+    name, arity, attrs = "add", 2, NoAttrs
+
+    def shape(self, a: NoAttrs, ins: list[Shape]) -> Shape:
+        if ins[0] != ins[1]:
+            raise ValueError(f"add of different shapes {ins[0]} and {ins[1]}")
+        return ins[0]
+
+    def reference(self, a: NoAttrs, ins: list[np.ndarray], p: Arrays) -> np.ndarray:
+        return ins[0] + ins[1]
+
+
+@declare
+class Concat(Op[ConcatAttrs]):
+    """attrs: axis. Inputs joined along that axis."""
+
+    name, arity, attrs = "concat", None, ConcatAttrs
+
+    def shape(self, a: ConcatAttrs, ins: list[Shape]) -> Shape:
+        x, ax = ins[0], a.axis
+        for s in ins[1:]:
+            if s[:ax] + s[ax + 1 :] != x[:ax] + x[ax + 1 :]:
+                raise ValueError(f"concat along axis {ax} of incompatible shapes {ins}")
+        return x[:ax] + (sum(s[ax] for s in ins),) + x[ax + 1 :]
+
+    def reference(self, a: ConcatAttrs, ins: list[np.ndarray], p: Arrays) -> np.ndarray:
+        return np.concatenate(ins, axis=a.axis)
+
+
+@declare
+class Reshape(Op[ReshapeAttrs]):
+    """attrs: shape (Caffe semantics: 0 copies the input dim, -1 is inferred). C-order."""
+
+    name, attrs = "reshape", ReshapeAttrs
+
+    def shape(self, a: ReshapeAttrs, ins: list[Shape]) -> Shape:
+        out = reshape_target(ins[0], a.shape)
+        if math.prod(out) != math.prod(ins[0]):
+            raise ValueError(f"cannot reshape {ins[0]} to {list(a.shape)}")
+        return out
+
+    def reference(self, a: ReshapeAttrs, ins: list[np.ndarray], p: Arrays) -> np.ndarray:
+        return ins[0].reshape(reshape_target(ins[0].shape, a.shape))
+
+
+@declare
+class Flatten(Op[NoAttrs]):
+    """N x ... -> N x prod(...), C-order (NCHW)."""
+
+    name, attrs = "flatten", NoAttrs
+
+    def shape(self, a: NoAttrs, ins: list[Shape]) -> Shape:
+        return (ins[0][0], math.prod(ins[0][1:]))
+
+    def reference(self, a: NoAttrs, ins: list[np.ndarray], p: Arrays) -> np.ndarray:
+        return ins[0].reshape(ins[0].shape[0], -1)
+
+
+@declare
+class Linear(Op[LinearAttrs]):
+    """y = flatten(x) @ weight.T [+ bias]. attrs: out_features, bias (bool). params: weight (O, I), bias (O,)."""
+
+    name, params, attrs = "linear", ("weight", "bias?"), LinearAttrs
+
+    def shape(self, a: LinearAttrs, ins: list[Shape]) -> Shape:
+        return (ins[0][0], a.out_features)
+
+    def param_shapes(self, a: LinearAttrs, ins: list[Shape]) -> dict[str, Shape]:
+        return {"weight": (a.out_features, math.prod(ins[0][1:])), "bias": (a.out_features,)}
+
+    def reference(self, a: LinearAttrs, ins: list[np.ndarray], p: Arrays) -> np.ndarray:
+        x = ins[0]
+        y = x.reshape(x.shape[0], -1) @ p["weight"].T
+        return y + p["bias"] if "bias" in p else y
+
+
+@declare
+class Softmax(Op[NoAttrs]):
+    """Softmax along axis 1 (max-subtracted)."""
+
+    name, attrs = "softmax", NoAttrs
+
+    def reference(self, a: NoAttrs, ins: list[np.ndarray], p: Arrays) -> np.ndarray:
+        x = ins[0]
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+
+@declare
+class Dropout(Op[DropoutAttrs]):
+    """Identity at inference. attrs: ratio (informational)."""
+
+    name, attrs = "dropout", DropoutAttrs
+
+    def reference(self, a: DropoutAttrs, ins: list[np.ndarray], p: Arrays) -> np.ndarray:
+        return ins[0]
+
+
+@declare
+class InputNorm(Op[InputNormAttrs]):
+    """The exact input stage: y[:, c] = x[:, perm[c]] * scale[c] + shift[c].
+    attrs: perm (channel order), scale, shift (per output channel lists)."""
+
+    name, attrs = "input_norm", InputNormAttrs
+
+    def shape(self, a: InputNormAttrs, ins: list[Shape]) -> Shape:
+        if len(a.perm) != ins[0][1]:
+            raise ValueError(f"input_norm for {len(a.perm)} channels applied to {ins[0][1]}")
+        return ins[0]
+
+    def reference(self, a: InputNormAttrs, ins: list[np.ndarray], p: Arrays) -> np.ndarray:
+        x = ins[0]
+        scale = np.asarray(a.scale, x.dtype)[:, None, None]
+        shift = np.asarray(a.shift, x.dtype)[:, None, None]
+        return x[:, list(a.perm)] * scale + shift
+
+
+def vocabulary() -> str:
+    """The op vocabulary as text: one line per op with arity, parameters and semantics."""
+    rows = []
+    for op in OPS.values():
+        arity = "n" if op.arity is None else str(op.arity)
+        rows.append(f"{op.name} ({arity} in; params {', '.join(op.params) or '-'}): {op.doc}")
+    return "\n".join(rows)
 
 
 # ----------------------------------------------------------------------- lowering tables, walker

@@ -6,30 +6,32 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from .errors import MissingFrameworkError, SenetHubError, UnsupportedError
+from . import formats
+from .errors import SenetHubError, UnsupportedError
 from .graph import Model
 
-SOURCES = ("caffe", "mindspore", "zoo")
-TARGETS = ("pytorch", "onnx", "tensorflow", "mxnet", "chainer", "caffe", "mindspore")
-TARGET_BACKEND = {
-    "pytorch": "torch",
-    "onnx": "onnxruntime",
-    "tensorflow": "tensorflow",
-    "mxnet": "mxnet",
-    "chainer": "chainer",
-}
+# Names kept for callers of the old tables; the registry (senet_hub.formats) is their one source.
+SOURCES = tuple(formats.source_names())
+TARGETS = tuple(formats.target_names())
+TARGET_BACKEND = {t.name: t.backend for t in formats.targets() if t.backend and not t.without_framework}
 
 
-def infer_source(source: str | None, prototxt: str | None, ckpt: str | None, arch: str | None) -> str:
+def infer_source(
+    source: str | None,
+    prototxt: str | None = None,
+    ckpt: str | None = None,
+    arch: str | None = None,
+    **options: Any,
+) -> str:
+    """--from, else the first registered source whose `infer_from` option is given."""
     if source:
         return source
-    if prototxt:
-        return "caffe"
-    if ckpt:
-        return "mindspore"
-    if arch:
-        return "zoo"
-    raise SenetHubError("no input model: give --prototxt/--caffemodel, --ckpt, or --from zoo --arch ARCH")
+    given = {"prototxt": prototxt, "ckpt": ckpt, "arch": arch, **options}
+    for fmt in formats.sources():
+        if fmt.infer_from and given.get(fmt.infer_from):
+            return fmt.name
+    hints = [s.hint for s in formats.sources()]
+    raise SenetHubError(f"no input model: give {', '.join(hints[:-1])}, or {hints[-1]}")
 
 
 def load_model(
@@ -39,29 +41,11 @@ def load_model(
     ckpt: str | None = None,
     arch: str | None = None,
     seed: int = 0,
+    **options: Any,
 ) -> Model:
-    source = infer_source(source, prototxt, ckpt, arch)
-    if source == "caffe":
-        if not prototxt or not caffemodel:
-            raise SenetHubError("--from caffe needs both --prototxt and --caffemodel")
-        from .converters import caffe
-
-        return caffe.load(prototxt, caffemodel)
-    if source == "mindspore":
-        if not ckpt:
-            raise SenetHubError(
-                "--from mindspore needs --ckpt FILE (and --arch when the checkpoint does not identify it)"
-            )
-        from .converters import mindspore as ms
-
-        return ms.load_ckpt(ckpt, arch=arch)
-    if source == "zoo":
-        if not arch:
-            raise SenetHubError("--from zoo needs --arch ARCH (see `senet-hub list`)")
-        from . import zoo
-
-        return zoo.synthetic_model(arch, seed=seed)
-    raise SenetHubError(f"unknown source '{source}'; choose one of {', '.join(SOURCES)}")
+    """The canonical Model a source's reader makes of the option values (`options`: other sources' options)."""
+    values = {"prototxt": prototxt, "caffemodel": caffemodel, "ckpt": ckpt, "arch": arch, "seed": seed, **options}
+    return formats.source(infer_source(source, **values)).read(values)
 
 
 def ensure_hashes(model: Model) -> Model:
@@ -76,18 +60,14 @@ def ensure_hashes(model: Model) -> Model:
 
 
 # Formats that write the input stage (input_norm) as part of the model, exactly.
-EXACT_STAGE_FORMATS = ".pt2, .pt, ONNX, TensorFlow, MXNet, Chainer or Caffe"
+EXACT_STAGE_FORMATS = formats.exact_stage_formats()
 # timm's own SE-ResNets that a MindCV state_dict loads into by name (same keys and shapes)
 TIMM_OF_MINDCV = {"seresnet18", "seresnet34", "seresnet50", "seresnext50_32x4d"}
 
 
 def weights_only_format(target: str, path: str) -> str | None:
     """The name of the target format when it holds only weights (no input stage), else None."""
-    if target == "pytorch" and os.fspath(path).lower().endswith(".pth"):
-        return "a .pth state_dict"
-    if target == "mindspore":
-        return "a MindSpore checkpoint"
-    return None
+    return formats.target(target).weights_only_label(path)
 
 
 def _convention_name(conv: dict | None) -> str:
@@ -119,7 +99,7 @@ def fold_for_weights_only(
     if exact_input:
         raise UnsupportedError(
             f"{path}: {fmt} cannot hold the input convention {name} exactly ({conv} zero-pads its input, so the "
-            f"stage does not fold into weights exactly); write {EXACT_STAGE_FORMATS} for an exact input stage, "
+            f"stage does not fold into weights exactly); write {formats.exact_stage_formats()} for an exact input stage, "
             "or leave out --exact-input to fold it Cadene-style"
         )
     from .verify import default_input
@@ -129,7 +109,7 @@ def fold_for_weights_only(
     if say:
         say(
             f"input convention {name} folded into {conv} (Cadene-style; inexact at the zero-padded border): "
-            f"logits deviate by max|d|/max|ref| = {dev:.1e} from the exact model; use {EXACT_STAGE_FORMATS} "
+            f"logits deviate by max|d|/max|ref| = {dev:.1e} from the exact model; use {formats.exact_stage_formats()} "
             "for an exact input stage, --exact-input to refuse"
         )
     return folded
@@ -193,39 +173,30 @@ def save_model(
     say: Callable[[str], None] | None = None,
     **opts: Any,
 ) -> list[str]:
-    """Write the model in the target's native format; returns the files written.
+    """Write the model in the target's native format (its registry entry says how); returns the files written.
 
     Formats that hold only weights (.pth, .ckpt) cannot hold an input stage: it is folded into
     conv1 and the deviation said (`say`), or refused with exact_input (UnsupportedError, exit 6).
     They get a metadata record (see pth.metadata_record) saying the convention and the fold.
     """
-    fmt = weights_only_format(target, path)
-    if fmt:
-        model = fold_for_weights_only(model, fmt, path, exact_input=exact_input, say=say)
+    fmt = formats.target(target)
+    label = fmt.weights_only_label(path)
+    if label:
+        model = fold_for_weights_only(model, label, path, exact_input=exact_input, say=say)
         ensure_hashes(model)
         from .converters.pth import metadata_record
 
-        if target == "mindspore":
-            from .converters import mindspore as ms
-
-            return [ms.save_ckpt(model, path, metadata=metadata_record(model)) or path]
-        if say:
-            warn_timm_mismatch(model, say)
-        from .converters.pth import save_model as save_pth
-
-        return save_pth(model, path, metadata=metadata_record(model))
-    if target == "caffe":
-        from .converters import caffe_writer
-
-        return caffe_writer.save(stage_as_conv(model), path)
-    if target not in TARGET_BACKEND:
-        raise SenetHubError(f"unknown target '{target}'; choose one of {', '.join(TARGETS)}")
-    from . import builders
-
-    if target == "onnx":
+        opts["metadata"] = metadata_record(model)
+        if say and fmt.notes:
+            formats.resolve(fmt.notes)(model, say)
+    elif fmt.records_source_hashes:
         ensure_hashes(model)
-    mod = builders.get(TARGET_BACKEND[target])
-    if not hasattr(mod, "save"):
-        raise MissingFrameworkError(f"target '{target}' cannot write files in this version")
-    out = mod.save(model, path, **opts)
+    if fmt.needs_framework(path):
+        from . import builders
+
+        assert fmt.backend is not None  # needs_framework says so
+        builders.get(fmt.backend)  # a missing framework: MissingFrameworkError naming the extra
+    if fmt.prepare:
+        model = formats.resolve(fmt.prepare)(model)
+    out = formats.resolve(fmt.writer_for(path))(model, path, **opts)
     return list(out) if isinstance(out, (list, tuple)) else [str(out or path)]

@@ -5,46 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+# TINY and _weights are imported from here by other test files (until they import from fuzzing)
+from fuzzing import TINY, V1_NET, _varint
+from fuzzing import tiny_weights as _weights
+
 from senet_hub.builders import numpy_ref
 from senet_hub.converters import caffe, caffe_writer
 from senet_hub.converters.caffe_format import encode_layer, ld, parse_prototxt, read_caffemodel
 from senet_hub.errors import FormatError, ModelError, UnsupportedError
-
-TINY = """
-name: "tiny"
-input: "data"
-input_shape { dim: 1 dim: 3 dim: 9 dim: 9 }
-layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
-        convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 bias_term: false } }
-layer { name: "conv/bn" type: "BatchNorm" bottom: "conv" top: "conv" }
-layer { name: "conv/scale" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
-layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
-layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
-layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param { num_output: 5 } }
-layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
-"""
-
-
-def _varint(n):
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _weights(rng):
-    return {
-        "conv": [rng.normal(size=(4, 3, 3, 3)).astype(np.float32)],
-        "conv/bn": [
-            rng.normal(size=4).astype(np.float32) * 2,
-            rng.uniform(1, 2, 4).astype(np.float32) * 2,
-            np.array([2.0], np.float32),
-        ],
-        "conv/scale": [rng.normal(size=4).astype(np.float32), rng.normal(size=4).astype(np.float32)],
-        "fc": [rng.normal(size=(5, 4 * 2 * 2)).astype(np.float32), rng.normal(size=5).astype(np.float32)],
-    }
 
 
 def _write(tmp_path, text, blobs, layer_bytes=None):
@@ -98,19 +66,6 @@ def test_ceil_pool_clip_rule():
     # a last window starting inside size + pad is kept
     assert pool_out(6, 2, 2, 1, 1, True) == 4
     assert pool_out(5, 2, 2, 1, 1, True) == 3  # ceil gives 4, window 4 would start at 6 >= 5 + 1
-
-
-V1_NET = """
-name: "tiny-v1"
-input: "data"
-input_dim: 1 input_dim: 3 input_dim: 9 input_dim: 9
-layers { name: "conv" type: CONVOLUTION bottom: "data" top: "conv"
-         convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 bias_term: false } }
-layers { name: "relu" type: RELU bottom: "conv" top: "conv" }
-layers { name: "pool" type: POOLING bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
-layers { name: "fc" type: INNER_PRODUCT bottom: "pool" top: "fc" inner_product_param { num_output: 5 } }
-layers { name: "prob" type: SOFTMAX bottom: "fc" top: "prob" }
-"""
 
 
 def test_legacy_formats(tmp_path):

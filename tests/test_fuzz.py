@@ -1,7 +1,7 @@
 """Hostile inputs: a fixed-seed corpus of 10,000 structure-aware mutants across every reader, a few
 giant inputs, and hypothesis properties (coverage-targeted) of the wire reader and prototxt parser.
 
-Contract for every input (see tests/fuzzing.py): success or a SenetHubError with a one-line
+Contract for every input (see bench/fuzzing.py): success or a SenetHubError with a one-line
 message; never another exception, never a hang (fuzzing.HANG_LIMIT, a generous SIGALRM bound: no
 test asserts a wall time, speed figures are bench/'s), never more traced memory than the target's
 multiple of the file size. `python bench/fuzz.py` runs longer campaigns.
@@ -36,6 +36,30 @@ from senet_hub.errors import FormatError, SenetHubError
 N_CORPUS = 10_000
 SEED = 0
 GROUPS = ["caffemodel", "caffe_load", "prototxt_graph", "mindspore", "manifest"]
+# Every reader of untrusted input, by target name: a family that fails to build, or a target that
+# goes missing, fails test_every_target_is_registered (nothing is dropped silently)
+FAMILIES = {"caffe", "mindspore", "manifest"}  # the file-reading sources of senet_hub.formats + the manifest
+SEEDS = ["tiny", "tiny_v1", "se_tiny"]
+EXPECTED_TARGETS = {
+    "caffemodel",
+    "prototxt_graph",
+    *(f"caffe_load[{s}].{ext}" for s in SEEDS for ext in ("caffemodel", "prototxt")),
+    "mindspore_ckpt",
+    "mindspore_safetensors",
+    "manifest_yaml",
+}
+
+
+def test_every_target_is_registered(tmp_path):
+    from senet_hub import formats
+
+    file_sources = {f.name for f in formats.sources() if f.suffixes}
+    assert set(fuzzing.family_names()) == file_sources | set(fuzzing.HUB_FILES) == FAMILIES
+    assert set(fuzzing.FAMILIES) == FAMILIES
+    targets = fuzzing.setup_targets(tmp_path)
+    assert set(targets) == EXPECTED_TARGETS
+    for group in GROUPS:
+        assert any(name.startswith(group) for name in targets), group
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +91,28 @@ def test_corpus_covers_every_reader_and_operator(corpus):
     assert {"caffemodel", "prototxt_graph"} <= set(targets)
 
 
+def test_a_family_that_fails_to_build_fails_setup(tmp_path, monkeypatch):
+    """A reader whose target cannot be built is an error, never a silently smaller corpus."""
+
+    def broken(setup):
+        raise ImportError("reader module broken")
+
+    monkeypatch.setitem(fuzzing.FAMILIES, "mindspore", broken)
+    with pytest.raises(ImportError, match="reader module broken"):
+        fuzzing.setup_targets(tmp_path)
+    monkeypatch.setitem(fuzzing.FAMILIES, "mindspore", lambda setup: None)
+    with pytest.raises(RuntimeError, match="'mindspore' registered no target"):
+        fuzzing.setup_targets(tmp_path)
+    monkeypatch.delitem(fuzzing.FAMILIES, "mindspore")
+    with pytest.raises(RuntimeError, match=r"missing \['mindspore'\]"):
+        fuzzing.setup_targets(tmp_path)
+
+
 @pytest.mark.parametrize("group", GROUPS)
 def test_only_package_errors(corpus, group):
     outcomes, targets = corpus
     mine = [o for o in outcomes if o.target.startswith(group)]
-    if not mine:
-        pytest.skip(f"no {group} reader in this tree yet")
+    assert mine, f"no {group} input in the corpus"
     bad = [o for o in mine if o.bug]
     assert not bad, _show(bad, "raised something other than a SenetHubError (or a multi-line message)")
 
@@ -84,8 +124,7 @@ def test_memory_bounded(corpus, group):
     alarm) that test_only_package_errors reports; speeds are bench/fuzz.py's."""
     outcomes, targets = corpus
     mine = [o for o in outcomes if o.target.startswith(group) and not o.bug]
-    if not mine:
-        pytest.skip(f"no {group} reader in this tree yet")
+    assert mine, f"no {group} input in the corpus read without a bug"
     hungry = [o for o in mine if not o.mem_ok(targets[o.target].mem_limit(o.size))]
     assert not hungry, _show(hungry, "used more memory than allowed for their size")
 
@@ -189,7 +228,8 @@ def test_prototxt_size_limit_checked_before_reading(tmp_path):
 
 # ------------------------------------------------------------- hypothesis (coverage-targeted)
 _READER_FILES = tuple(
-    os.path.join(os.path.dirname(caffe.__file__), f) for f in ("caffe_format.py", "caffe.py", "../senet_hub/graph.py")
+    os.path.join(os.path.dirname(caffe.__file__), f)
+    for f in ("caffe_format.py", "caffe.py", "caffe_layers.py", "caffe_rules.py", "../senet_hub/graph.py")
 )
 _READER_FILES = tuple(os.path.normpath(f) for f in _READER_FILES)
 

@@ -244,7 +244,9 @@ def test_caffemodel_changed_while_read(tmp_path, tiny, how, monkeypatch):
     tiny_again = tmp_path / "again.caffemodel"
     tiny_again.write_bytes(caffemodel.read_bytes())
     action = f"__import__('test_hostile_inputs')._rewrite(__import__('pathlib').Path(path), {how!r})"
-    code = f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\n" + HOOK.format(action=action)
+    # tests/ for this module, bench/ for the fuzzing library it imports (as conftest sets up)
+    paths = [str(ROOT / "tests"), str(ROOT / "bench")]
+    code = f"import sys; sys.path[:0] = {paths!r}\n" + HOOK.format(action=action)
     r = cli("convert", "--prototxt", prototxt, "--caffemodel", tiny_again, "--to", "caffe", "-o", tmp_path / "o",
             code=code)  # fmt: skip
     assert r.returncode != -7, "SIGBUS"

@@ -17,6 +17,7 @@ import pytest
 from senet_hub import zoo_mindcv
 from senet_hub.builders import numpy_ref
 from senet_hub.converters import mindspore as msc
+from senet_hub.converters import mindspore_format
 from senet_hub.errors import FormatError, InputFileError, ModelError, OutputError
 
 ARCHS = ["seresnet18", "seresnet34", "seresnet50", "seresnext26_32x4d", "seresnext50_32x4d"]
@@ -260,7 +261,7 @@ def test_reader_agrees_with_mindspore_on_dtypes(tmp_path):
 
 def test_split_tensors(tmp_path, monkeypatch):
     t = {"big": np.arange(40 * 6, dtype=np.float32).reshape(40, 6), "small": np.ones(3, np.float32)}
-    monkeypatch.setattr(msc, "SLICE_BYTES", 100)  # 960 bytes -> 10 slices along axis 0
+    monkeypatch.setattr(mindspore_format, "SLICE_BYTES", 100)  # 960 bytes -> 10 slices along axis 0 (the writer's)
     p = msc.write_ckpt_tensors(t, tmp_path / "split.ckpt")
     raw = open(p, "rb").read()
     assert raw.count(b"\n\x03big") == 10  # ten Values tagged "big"

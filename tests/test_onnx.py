@@ -369,6 +369,26 @@ def test_registered_backend():
     assert mod is ox and mod.NAME == "onnxruntime" and mod.EXTRA == "onnx" and mod.available()
 
 
+@pytest.mark.parametrize("refusal", ["", "no such ONNX op"])
+def test_missing_lowering_names_op_and_backend(model, monkeypatch, refusal):
+    from senet_hub.ops import MissingLowering
+
+    # as if "sigmoid" had just been declared in ops.py and ONNX had no lowering for it yet
+    monkeypatch.delitem(ox.LOWER._fns, "sigmoid")
+    if refusal:
+        monkeypatch.setitem(ox.LOWER.refused, "sigmoid", refusal)
+    assert "sigmoid" in ox.LOWER.missing() or refusal
+    for export in (lambda: ox.to_onnx(model), lambda: ox.build(model), lambda: ox.to_bytes(model, inline=True)):
+        with pytest.raises(MissingLowering, match=r"backend 'onnx' cannot express op 'sigmoid' \(node '") as e:
+            export()
+        assert e.value.backend == "onnx" and e.value.op == "sigmoid"
+        assert refusal in str(e.value) and "\n" not in str(e.value)
+
+
+def test_every_op_has_an_onnx_lowering():
+    assert ox.LOWER.missing() == [] and not ox.LOWER.refused
+
+
 # ------------------------------------------------------------------ released architectures
 
 

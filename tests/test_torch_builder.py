@@ -184,9 +184,10 @@ def test_pool_cases_in_the_graph(model):
     assert pool_out(28, 3, 2, 0, 1, False) == 14
     assert pool_out(14, 3, 2, 2, 2, True) == 8
     steps = {s.name: s for s in tb.build(model)._senet_steps}
-    assert steps["layer0.pool"].cfg["native"] and steps["layer1.0.avg"].cfg["native"]
-    assert not steps["layer2.pool"].cfg["native"] and not steps["layer3.clip"].cfg["native"]
-    assert not steps["layer3.avg_as_in"].cfg["native"]
+    # symmetric: torch's own pooling; otherwise the explicit canvas path
+    assert steps["layer0.pool"].attrs.symmetric and steps["layer1.0.avg"].attrs.symmetric
+    assert not steps["layer2.pool"].attrs.symmetric and not steps["layer3.clip"].attrs.symmetric
+    assert not steps["layer3.avg_as_in"].attrs.symmetric
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -332,3 +333,30 @@ def test_zoo_state_dict_keys():
     for k in ("layer0.conv1.weight", "layer1.0.se_module.fc1.weight", "last_linear.weight"):
         assert k in keys
     assert {k for k in keys if not k.endswith("num_batches_tracked")} == set(m.weights)
+
+
+@pytest.mark.parametrize("refusal", ["", "no such kernel"])
+def test_missing_lowering_names_op_and_backend(model, monkeypatch, refusal):
+    from senet_hub.ops import MissingLowering
+
+    # as if "sigmoid" had just been declared in ops.py and torch had no lowering for it yet
+    monkeypatch.delitem(tb.LOWER._fns, "sigmoid")
+    if refusal:
+        monkeypatch.setitem(tb.LOWER.refused, "sigmoid", refusal)
+    assert "sigmoid" in tb.LOWER.missing() or refusal
+    for make in (lambda: tb.build(model), lambda: tb.SENetModule(model.graph)):
+        with pytest.raises(MissingLowering, match=r"backend 'torch' cannot express op 'sigmoid' \(node '") as e:
+            make()
+        assert e.value.backend == "torch" and e.value.op == "sigmoid"
+        assert refusal in str(e.value) and "\n" not in str(e.value)
+
+
+def test_every_op_has_a_torch_lowering():
+    assert tb.LOWER.missing() == [] and not tb.LOWER.refused
+    # the ops whose parameters or buffers live in submodules (state_dict keys, .to(), torch.export)
+    assert {op for op in ("conv", "batch_norm", "linear", "input_norm") if op in tb.MAKE} == {
+        "conv",
+        "batch_norm",
+        "linear",
+        "input_norm",
+    }

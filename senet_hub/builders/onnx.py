@@ -28,13 +28,29 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import UnsupportedError
-from ..graph import Model, infer_shapes, pool_out
+from ..graph import Model, infer_shapes
+from ..ops import (
+    BatchNormAttrs,
+    ConcatAttrs,
+    ConvAttrs,
+    InputNormAttrs,
+    LinearAttrs,
+    Lowerings,
+    PoolAttrs,
+    ReshapeAttrs,
+    Shape,
+    Step,
+    plan,
+    pool_out,
+    walk,
+)
 
 NAME = "onnxruntime"
 EXTRA = "onnx"
@@ -45,6 +61,11 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 13  # Softmax-13 (single axis) is the first with the canonical semantics
 TESTED_OPSETS = range(13, 22)
 METADATA_KEYS = ("arch", "input_convention", "class_order", "source_sha256")
+
+# op -> lowering ``fn(emitter, step, input value names) -> output value name``; each lowering
+# appends its ONNX nodes and initializers to the emitter (``_Emitter``)
+LowerFn = Callable[["_Emitter", Step, list[str]], str]
+LOWER: Lowerings[LowerFn] = Lowerings("onnx")
 
 
 def available() -> str | None:
@@ -74,8 +95,8 @@ def axpy_function(opset: int) -> Any:
     )
 
 
-def _pool_attrs(node_attrs: dict, in_hw: tuple[int, int], pad_neutral: bool) -> dict[str, Any]:
-    """kernel_shape, strides, pads and ceil_mode that give graph.pool_out's size and windows.
+def _pool_attrs(a: PoolAttrs, in_hw: tuple[int, int], pad_neutral: bool) -> dict[str, Any]:
+    """kernel_shape, strides, pads and ceil_mode that give ops.pool_out's size and windows.
 
     onnxruntime's ceil_mode implements Caffe's clip rule (a last window starting in the end
     padding is dropped) but ONNX shape inference does not, so ceil_mode is written only where it
@@ -83,10 +104,10 @@ def _pool_attrs(node_attrs: dict, in_hw: tuple[int, int], pad_neutral: bool) -> 
     give the same size and windows (floor is written). Mixed axes of max / exclude-pad pools get
     floor mode with the end pad grown to reach the ceil size (padding adds no value there).
     """
-    (kh, kw), (sh, sw), (pt, pl, pb, pr) = node_attrs["kernel"], node_attrs["stride"], node_attrs["pad"]
+    (kh, kw), (sh, sw), (pt, pl, pb, pr) = a.kernel, a.stride, a.pad
     attrs: dict[str, Any] = {"kernel_shape": [kh, kw], "strides": [sh, sw]}
     pads = [pt, pl, pb, pr]
-    if node_attrs.get("ceil", False):
+    if a.ceil:
         axes = [(in_hw[0], kh, sh, pt, pb), (in_hw[1], kw, sw, pl, pr)]
         want = [pool_out(*ax, True) for ax in axes]
         floor = [pool_out(*ax, False) for ax in axes]
@@ -105,11 +126,13 @@ def _pool_attrs(node_attrs: dict, in_hw: tuple[int, int], pad_neutral: bool) -> 
 
 
 class _Emitter:
-    def __init__(self, model: Model, opset: int, inline: bool):
+    """The lowerings' context: the nodes and initializers emitted so far, plus the value shapes."""
+
+    def __init__(self, model: Model, opset: int, inline: bool, shapes: dict[str, Shape]):
         from onnx import helper, numpy_helper
 
         self.h, self.nh = helper, numpy_helper
-        self.model, self.opset, self.inline = model, opset, inline
+        self.model, self.opset, self.inline, self.shapes = model, opset, inline, shapes
         self.nodes: list = []
         self.inits: list = []
         self.used: set[str] = {model.graph.input_name} | {n.name for n in model.graph.nodes} | set(model.weights)
@@ -140,6 +163,10 @@ class _Emitter:
         self.nodes.append(n)
         return output
 
+    def same(self, onnx_op: str, s: Step, ins: list[str], **attrs: Any) -> str:
+        """One ONNX node named like the canonical node, on the same inputs."""
+        return self.add(onnx_op, ins, s.name, s.name, _doc(s), **attrs)
+
     def nc11(self, node: str, value: str, rank: int) -> str:
         """value of shape N x C (or N x C x 1 x 1) as N x C x 1 x 1, batch-agnostic."""
         if rank == 4:
@@ -148,98 +175,135 @@ class _Emitter:
         out = self.fresh(f"{value}/nc11" if value != node else f"{node}/nc11")
         return self.add("Reshape", [value, shape], out, self.fresh(f"{node}/reshape_nc11"))
 
-    def emit(self, shapes: dict[str, tuple[int, ...]]) -> None:
-        for n in self.model.graph.nodes:
-            a, op, out, ins = n.attrs, n.op, n.name, list(n.inputs)
-            doc = "source: " + " + ".join(n.source) if n.source else ""
-            x_shape = shapes[ins[0]]
-            if op == "conv":
-                inputs = [ins[0], self.weight(out, "weight")] + (
-                    [self.weight(out, "bias")] if "bias" in n.param_names() else []
-                )
-                self.add(
-                    "Conv", inputs, out, out, doc,
-                    kernel_shape=list(a["kernel"]), strides=list(a["stride"]), pads=list(a["pad"]),
-                    dilations=list(a.get("dilation", (1, 1))), group=int(a.get("groups", 1)),
-                )  # fmt: skip
-            elif op == "batch_norm":
-                params = [self.weight(out, p) for p in ("weight", "bias", "running_mean", "running_var")]
-                self.add("BatchNormalization", [ins[0], *params], out, out, doc, epsilon=float(a["eps"]))
-            elif op == "relu":
-                self.add("Relu", ins, out, out, doc)
-            elif op == "sigmoid":
-                self.add("Sigmoid", ins, out, out, doc)
-            elif op in ("max_pool", "avg_pool"):
-                neutral = op == "max_pool" or not a.get("count_include_pad", True)
-                attrs = _pool_attrs(a, (int(x_shape[2]), int(x_shape[3])), neutral)
-                if op == "avg_pool":
-                    attrs["count_include_pad"] = int(bool(a.get("count_include_pad", True)))
-                self.add("MaxPool" if op == "max_pool" else "AveragePool", ins, out, out, doc, **attrs)
-            elif op == "global_avg_pool":
-                self.add("GlobalAveragePool", ins, out, out, doc)
-            elif op == "axpy":
-                a4 = self.nc11(out, ins[0], len(shapes[ins[0]]))
-                if self.inline:
-                    ax = self.add("Mul", [a4, ins[1]], self.fresh(f"{out}/ax"), self.fresh(f"{out}/mul"), doc)
-                    self.add("Add", [ax, ins[2]], out, out, doc)
-                else:
-                    self.uses_domain = True
-                    self.add("Axpy", [a4, ins[1], ins[2]], out, out, doc, domain=DOMAIN)
-            elif op == "channel_scale":
-                s4 = self.nc11(out, ins[1], len(shapes[ins[1]]))
-                self.add("Mul", [ins[0], s4], out, out, doc)
-            elif op == "add":
-                self.add("Add", ins, out, out, doc)
-            elif op == "concat":
-                self.add("Concat", ins, out, out, doc, axis=int(a.get("axis", 1)))
-            elif op == "reshape":
-                shape = self.helper_const(out, "shape", np.array([int(d) for d in a["shape"]], np.int64))
-                self.add("Reshape", [ins[0], shape], out, out, doc)
-            elif op == "flatten":
-                self.add("Flatten", ins, out, out, doc, axis=1)
-            elif op == "linear":
-                x = ins[0]
-                if len(x_shape) != 2:
-                    x = self.add("Flatten", [x], self.fresh(f"{out}/flat"), self.fresh(f"{out}/flatten"), doc, axis=1)
-                inputs = [x, self.weight(out, "weight")] + (
-                    [self.weight(out, "bias")] if "bias" in n.param_names() else []
-                )
-                self.add("Gemm", inputs, out, out, doc, transB=1)
-            elif op == "softmax":
-                self.add("Softmax", ins, out, out, doc, axis=1)
-            elif op == "dropout":
-                self.add("Identity", ins, out, out, doc)
-            elif op == "input_norm":
-                self.emit_input_norm(n.name, ins[0], a, x_shape[1], doc)
-            else:
-                raise UnsupportedError(f"node '{n.name}': op '{op}' has no ONNX mapping")
 
-    def emit_input_norm(self, out: str, x: str, a: dict, c: int, doc: str) -> None:
-        perm = [int(p) for p in a["perm"]]
-        scale = np.asarray(a["scale"], np.float32).reshape(1, c, 1, 1)
-        shift = np.asarray(a["shift"], np.float32).reshape(1, c, 1, 1)
-        steps: list[tuple[str, str | None]] = []
-        if perm != list(range(c)):
-            steps.append(("Gather", self.helper_const(out, "perm", np.array(perm, np.int64))))
-        if not np.all(scale == 1):
-            steps.append(("Mul", self.helper_const(out, "scale", scale)))
-        if not np.all(shift == 0):
-            steps.append(("Add", self.helper_const(out, "shift", shift)))
-        if not steps:
-            steps.append(("Identity", None))
-        for i, (op, const) in enumerate(steps):
-            last = i == len(steps) - 1
-            y = out if last else self.fresh(f"{out}/{op.lower()}")
-            attrs: dict[str, Any] = {"axis": 1} if op == "Gather" else {}
-            self.add(
-                op,
-                [x] + ([const] if const else []),
-                y,
-                out if last else self.fresh(f"{out}/{op.lower()}_op"),
-                doc,
-                **attrs,
-            )
-            x = y
+def _doc(s: Step) -> str:
+    return "source: " + " + ".join(s.node.source) if s.node.source else ""
+
+
+# ------------------------------------------------------------------------------------ lowerings
+
+
+@LOWER.register("conv")
+def _conv(em: _Emitter, s: Step, ins: list[str]) -> str:
+    a: ConvAttrs = s.attrs
+    inputs = [ins[0], em.weight(s.name, "weight")] + ([em.weight(s.name, "bias")] if a.bias else [])
+    return em.same(
+        "Conv", s, inputs,
+        kernel_shape=list(a.kernel), strides=list(a.stride), pads=list(a.pad),
+        dilations=list(a.dilation), group=a.groups,
+    )  # fmt: skip
+
+
+@LOWER.register("batch_norm")
+def _batch_norm(em: _Emitter, s: Step, ins: list[str]) -> str:
+    a: BatchNormAttrs = s.attrs
+    params = [em.weight(s.name, p) for p in ("weight", "bias", "running_mean", "running_var")]
+    return em.same("BatchNormalization", s, [ins[0], *params], epsilon=a.eps)
+
+
+def _standard(onnx_op: str, **attrs: Any) -> LowerFn:
+    """A canonical op that is one standard ONNX node with fixed attributes."""
+
+    def lower(em: _Emitter, s: Step, ins: list[str]) -> str:
+        return em.same(onnx_op, s, ins, **attrs)
+
+    return lower
+
+
+LOWER.register("relu")(_standard("Relu"))
+LOWER.register("sigmoid")(_standard("Sigmoid"))
+LOWER.register("global_avg_pool")(_standard("GlobalAveragePool"))
+LOWER.register("add")(_standard("Add"))
+LOWER.register("flatten")(_standard("Flatten", axis=1))
+LOWER.register("softmax")(_standard("Softmax", axis=1))
+LOWER.register("dropout")(_standard("Identity"))
+
+
+@LOWER.register("max_pool")
+def _max_pool(em: _Emitter, s: Step, ins: list[str]) -> str:
+    x_shape = em.shapes[ins[0]]
+    return em.same("MaxPool", s, ins, **_pool_attrs(s.attrs, (int(x_shape[2]), int(x_shape[3])), True))
+
+
+@LOWER.register("avg_pool")
+def _avg_pool(em: _Emitter, s: Step, ins: list[str]) -> str:
+    a: PoolAttrs = s.attrs
+    x_shape = em.shapes[ins[0]]
+    attrs = _pool_attrs(a, (int(x_shape[2]), int(x_shape[3])), not a.count_include_pad)
+    attrs["count_include_pad"] = int(a.count_include_pad)
+    return em.same("AveragePool", s, ins, **attrs)
+
+
+@LOWER.register("axpy")
+def _axpy(em: _Emitter, s: Step, ins: list[str]) -> str:
+    out, doc = s.name, _doc(s)
+    a4 = em.nc11(out, ins[0], len(em.shapes[ins[0]]))
+    if em.inline:
+        ax = em.add("Mul", [a4, ins[1]], em.fresh(f"{out}/ax"), em.fresh(f"{out}/mul"), doc)
+        return em.add("Add", [ax, ins[2]], out, out, doc)
+    em.uses_domain = True
+    return em.add("Axpy", [a4, ins[1], ins[2]], out, out, doc, domain=DOMAIN)
+
+
+@LOWER.register("channel_scale")
+def _channel_scale(em: _Emitter, s: Step, ins: list[str]) -> str:
+    s4 = em.nc11(s.name, ins[1], len(em.shapes[ins[1]]))
+    return em.same("Mul", s, [ins[0], s4])
+
+
+@LOWER.register("concat")
+def _concat(em: _Emitter, s: Step, ins: list[str]) -> str:
+    a: ConcatAttrs = s.attrs
+    return em.same("Concat", s, ins, axis=a.axis)
+
+
+@LOWER.register("reshape")
+def _reshape(em: _Emitter, s: Step, ins: list[str]) -> str:
+    a: ReshapeAttrs = s.attrs
+    shape = em.helper_const(s.name, "shape", np.array(a.shape, np.int64))
+    return em.same("Reshape", s, [ins[0], shape])
+
+
+@LOWER.register("linear")
+def _linear(em: _Emitter, s: Step, ins: list[str]) -> str:
+    a: LinearAttrs = s.attrs
+    out, x = s.name, ins[0]
+    if len(em.shapes[x]) != 2:
+        x = em.add("Flatten", [x], em.fresh(f"{out}/flat"), em.fresh(f"{out}/flatten"), _doc(s), axis=1)
+    inputs = [x, em.weight(out, "weight")] + ([em.weight(out, "bias")] if a.bias else [])
+    return em.same("Gemm", s, inputs, transB=1)
+
+
+@LOWER.register("input_norm")
+def _input_norm(em: _Emitter, s: Step, ins: list[str]) -> str:
+    a: InputNormAttrs = s.attrs
+    out, x, doc, c = s.name, ins[0], _doc(s), em.shapes[ins[0]][1]
+    perm = list(a.perm)
+    scale = np.asarray(a.scale, np.float32).reshape(1, c, 1, 1)
+    shift = np.asarray(a.shift, np.float32).reshape(1, c, 1, 1)
+    steps: list[tuple[str, str | None]] = []  # only the parts that are not the identity
+    if perm != list(range(c)):
+        steps.append(("Gather", em.helper_const(out, "perm", np.array(perm, np.int64))))
+    if not np.all(scale == 1):
+        steps.append(("Mul", em.helper_const(out, "scale", scale)))
+    if not np.all(shift == 0):
+        steps.append(("Add", em.helper_const(out, "shift", shift)))
+    if not steps:
+        steps.append(("Identity", None))
+    for i, (op, const) in enumerate(steps):
+        last = i == len(steps) - 1
+        y = out if last else em.fresh(f"{out}/{op.lower()}")
+        attrs: dict[str, Any] = {"axis": 1} if op == "Gather" else {}
+        em.add(
+            op,
+            [x] + ([const] if const else []),
+            y,
+            out if last else em.fresh(f"{out}/{op.lower()}_op"),
+            doc,
+            **attrs,
+        )
+        x = y
+    return out
 
 
 def _json(v: Any) -> str:
@@ -274,9 +338,10 @@ def to_onnx(model: Model, opset: int = DEFAULT_OPSET, inline: bool = False, batc
         raise UnsupportedError(f"ONNX opset {opset} is not supported: choose {MIN_OPSET}-{max_opset} (tested: 13-21)")
     opset = int(opset)
     g = model.graph
+    steps = plan(g, LOWER)  # every missing lowering fails here, before any work
     shapes = infer_shapes(model)
-    em = _Emitter(model, opset, inline)
-    em.emit(shapes)
+    em = _Emitter(model, opset, inline, shapes)
+    walk(g, steps, em, g.input_name)  # the values are ONNX value names
 
     def vinfo(name: str) -> Any:
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, *shapes[name][1:]])

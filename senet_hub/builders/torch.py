@@ -41,6 +41,7 @@ import io
 import math
 import os
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -49,11 +50,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputFileError, ModelError, OutputError, UnsupportedError
-from ..graph import Graph, Model, infer_shapes, output_shape, pool_out
+from ..graph import Graph, Model, infer_shapes
+from ..ops import (
+    BatchNormAttrs,
+    ConcatAttrs,
+    ConvAttrs,
+    InputNormAttrs,
+    LinearAttrs,
+    Lowerings,
+    PoolAttrs,
+    ReshapeAttrs,
+    Shape,
+    Step,
+    dead_after,
+    graph_shapes,
+    plan,
+    walk,
+)
 
 NAME = "torch"
 EXTRA = "torch"
 FORMATS = {".pth": "state_dict", ".pt2": "export", ".pt": "torchscript"}
+
+# Two tables: MAKE builds a node's submodule once at build time (only ops with parameters or
+# buffers have one); LOWER is the forward lowering, ``fn(module, step, inputs) -> tensor``.
+MakeFn = Callable[[Step, dict[str, Shape]], nn.Module]
+LowerFn = Callable[["SENetModule", Step, list[torch.Tensor]], torch.Tensor]
+MAKE: Lowerings[MakeFn] = Lowerings("torch")
+LOWER: Lowerings[LowerFn] = Lowerings("torch")
 
 
 def available() -> str | None:
@@ -61,17 +85,6 @@ def available() -> str | None:
 
 
 # ------------------------------------------------------------------------------------- helpers
-
-
-def _graph_shapes(graph: Graph, input_shape: tuple[int, ...] | None = None) -> dict[str, tuple[int, ...]]:
-    """Every value's shape from the graph alone (no weights needed)."""
-    shapes: dict[str, tuple[int, ...]] = {graph.input_name: tuple(input_shape or graph.input_shape)}
-    for n in graph.nodes:
-        try:
-            shapes[n.name] = output_shape(n, [shapes[i] for i in n.inputs])
-        except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise ModelError(f"node '{n.name}' ({n.op}): {e}") from None
-    return shapes
 
 
 def _nc11(v: torch.Tensor) -> torch.Tensor:
@@ -110,56 +123,155 @@ class InputNorm(nn.Module):
         return torch.index_select(x, 1, self.perm) * self.scale + self.shift
 
 
-class _Step:
-    """One node of the walk: name, op, inputs, the submodule (if any) and the op's static settings."""
-
-    __slots__ = ("name", "op", "inputs", "module", "cfg")
-
-    module: Any  # the node's nn.Module (None for parameter-free ops, whose cfg says what to do)
-
-    def __init__(self, name: str, op: str, inputs: list[str], module: nn.Module | None, cfg: dict[str, Any]) -> None:
-        self.name, self.op, self.inputs, self.module, self.cfg = name, op, list(inputs), module, cfg
+def _conv_pad(a: ConvAttrs) -> tuple[int, int, int, int] | None:
+    """F.pad's (left, right, top, bottom) for asymmetric pads; None where Conv2d pads itself."""
+    pt, pl, pb, pr = a.pad
+    return None if (pt == pb and pl == pr) else (pl, pr, pt, pb)
 
 
-def _pair(v: Any) -> tuple[int, int]:
-    a, b = (int(x) for x in v)
-    return a, b
-
-
-def _pool_cfg(a: dict) -> dict[str, Any]:
-    (kh, kw), (sh, sw), (pt, pl, pb, pr) = tuple(a["kernel"]), tuple(a["stride"]), tuple(a["pad"])
-    return dict(
-        k=(int(kh), int(kw)),
-        s=(int(sh), int(sw)),
-        pad=(int(pt), int(pl), int(pb), int(pr)),
-        ceil=bool(a.get("ceil", False)),
-        include_pad=bool(a.get("count_include_pad", True)),
-        # torch's own pooling (symmetric pads, at most half the kernel) has graph.py's size rule
-        native=pt == pb and pl == pr and 2 * pt <= kh and 2 * pl <= kw,
-    )
-
-
-def _pool(x: torch.Tensor, c: dict[str, Any], is_max: bool) -> torch.Tensor:
-    (kh, kw), (sh, sw), (pt, pl, pb, pr) = c["k"], c["s"], c["pad"]
-    if c["native"]:
+def _pool(x: torch.Tensor, a: PoolAttrs, is_max: bool) -> torch.Tensor:
+    (kh, kw), (sh, sw), (pt, pl, pb, pr) = a.kernel, a.stride, a.pad
+    if a.symmetric:  # torch's own pooling has graph.py's size rule (Caffe's clip rule) here
         if is_max:
-            return F.max_pool2d(x, (kh, kw), (sh, sw), (pt, pl), ceil_mode=c["ceil"])
-        return F.avg_pool2d(x, (kh, kw), (sh, sw), (pt, pl), ceil_mode=c["ceil"], count_include_pad=c["include_pad"])
+            return F.max_pool2d(x, (kh, kw), (sh, sw), (pt, pl), ceil_mode=a.ceil)
+        return F.avg_pool2d(x, (kh, kw), (sh, sw), (pt, pl), ceil_mode=a.ceil, count_include_pad=a.count_include_pad)
     h, w = int(x.shape[-2]), int(x.shape[-1])
-    ho, wo = pool_out(h, kh, sh, pt, pb, c["ceil"]), pool_out(w, kw, sw, pl, pr, c["ceil"])
-    eh, ew = (ho - 1) * sh + kh, (wo - 1) * sw + kw  # exactly the rows/columns the windows read
+    eh, ew = a.extent_hw(h, w)  # exactly the rows/columns the windows read
     if is_max:
         return F.max_pool2d(_canvas(x, pt, pl, eh, ew, -math.inf), (kh, kw), (sh, sw))
     total = F.avg_pool2d(_canvas(x, pt, pl, eh, ew, 0.0), (kh, kw), (sh, sw))
-    if c["include_pad"]:  # the window clipped to [-p0, size + p1)
+    if a.count_include_pad:  # the window clipped to [-p0, size + p1)
         mask = _canvas(x.new_ones((1, 1, h + pt + pb, w + pl + pr)), 0, 0, eh, ew, 0.0)
     else:  # the real pixels only
         mask = _canvas(x.new_ones((1, 1, h, w)), pt, pl, eh, ew, 0.0)
     return total / F.avg_pool2d(mask, (kh, kw), (sh, sw))
 
 
-def _reshape(x: torch.Tensor, spec: list[int]) -> torch.Tensor:
-    return x.reshape([x.shape[i] if d == 0 else d for i, d in enumerate(spec)])
+# ------------------------------------------------------------------------ build-time submodules
+
+
+@MAKE.register("conv")
+def _make_conv(s: Step, shapes: dict[str, Shape]) -> nn.Module:
+    a: ConvAttrs = s.attrs
+    pt, pl, _, _ = a.pad
+    return nn.Conv2d(
+        shapes[s.inputs[0]][1],
+        a.out_channels,
+        a.kernel,
+        stride=a.stride,
+        padding=(pt, pl) if _conv_pad(a) is None else 0,
+        dilation=a.dilation,
+        groups=a.groups,
+        bias=a.bias,
+    )
+
+
+@MAKE.register("batch_norm")
+def _make_bn(s: Step, shapes: dict[str, Shape]) -> nn.Module:
+    a: BatchNormAttrs = s.attrs
+    return nn.BatchNorm2d(shapes[s.inputs[0]][1], eps=a.eps)
+
+
+@MAKE.register("linear")
+def _make_linear(s: Step, shapes: dict[str, Shape]) -> nn.Module:
+    a: LinearAttrs = s.attrs
+    return nn.Linear(math.prod(shapes[s.inputs[0]][1:]), a.out_features, bias=a.bias)
+
+
+@MAKE.register("input_norm")
+def _make_input_norm(s: Step, shapes: dict[str, Shape]) -> nn.Module:
+    a: InputNormAttrs = s.attrs
+    return InputNorm(list(a.perm), list(a.scale), list(a.shift))
+
+
+# ------------------------------------------------------------------------- forward lowerings
+
+
+@LOWER.register("conv")
+def _conv(m: SENetModule, s: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+    x, pad = ins[0], _conv_pad(s.attrs)
+    if pad is not None:
+        x = F.pad(x, pad)
+    return m._senet_mods[s.name](x)
+
+
+@LOWER.register("batch_norm", "input_norm")
+def _submodule(m: SENetModule, s: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+    return m._senet_mods[s.name](ins[0])
+
+
+@LOWER.register("linear")
+def _linear(m: SENetModule, s: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+    return m._senet_mods[s.name](torch.flatten(ins[0], 1))
+
+
+@LOWER.register("relu")
+def _relu(m: SENetModule, s: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+    return F.relu(ins[0])
+
+
+@LOWER.register("sigmoid")
+def _sigmoid(m: SENetModule, s: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+    return torch.sigmoid(ins[0])
+
+
+@LOWER.register("max_pool")
+def _max_pool(m: SENetModule, s: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+    return _pool(ins[0], s.attrs, True)
+
+
+@LOWER.register("avg_pool")
+def _avg_pool(m: SENetModule, s: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+    return _pool(ins[0], s.attrs, False)
+
+
+@LOWER.register("global_avg_pool")
+def _global_avg_pool(m: SENetModule, s: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+    return ins[0].mean(dim=(2, 3), keepdim=True)
+
+
+@LOWER.register("axpy")
+def _axpy(m: SENetModule, s: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+    return _nc11(ins[0]) * ins[1] + ins[2]
+
+
+@LOWER.register("channel_scale")
+def _channel_scale(m: SENetModule, s: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+    return ins[0] * _nc11(ins[1])
+
+
+@LOWER.register("add")
+def _add(m: SENetModule, s: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+    return ins[0] + ins[1]
+
+
+@LOWER.register("concat")
+def _concat(m: SENetModule, s: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+    a: ConcatAttrs = s.attrs
+    return torch.cat(ins, dim=a.axis)
+
+
+@LOWER.register("reshape")
+def _reshape(m: SENetModule, s: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+    # not ops.reshape_target: the batch dimension stays symbolic under torch.export
+    a: ReshapeAttrs = s.attrs
+    x = ins[0]
+    return x.reshape([x.shape[i] if d == 0 else d for i, d in enumerate(a.shape)])
+
+
+@LOWER.register("flatten")
+def _flatten(m: SENetModule, s: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+    return torch.flatten(ins[0], 1)
+
+
+@LOWER.register("softmax")
+def _softmax(m: SENetModule, s: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+    return torch.softmax(ins[0], dim=1)
+
+
+@LOWER.register("dropout")
+def _dropout(m: SENetModule, s: Step, ins: list[torch.Tensor]) -> torch.Tensor:
+    return ins[0]  # the identity at inference
 
 
 # -------------------------------------------------------------------------------------- module
@@ -168,66 +280,26 @@ def _reshape(x: torch.Tensor, spec: list[int]) -> torch.Tensor:
 class SENetModule(nn.Module):
     """A canonical senet-hub graph as a PyTorch module (see the module docstring)."""
 
-    def __init__(self, graph: Graph, shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+    def __init__(self, graph: Graph, shapes: dict[str, Shape] | None = None) -> None:
         super().__init__()
-        shapes = shapes or _graph_shapes(graph)
+        # planned once: typed attributes and lowerings are looked up here, not per forward;
+        # a missing lowering fails here (MissingLowering), before any submodule is made
+        steps = plan(graph, LOWER)
+        shapes = shapes or graph_shapes(graph)
         self._senet_graph = graph
         self._senet_output = graph.output
         self._senet_input = graph.input_name
         self._senet_input_shape = tuple(graph.input_shape)
-        mods: dict[str, nn.Module] = {}
+        self._senet_mods: dict[str, nn.Module] = {}
         # graph order, so state_dict() lists keys as users know them (layer0 ... last_linear)
-        for n in graph.nodes:
-            m = self._make(n, shapes)
-            if m is not None:
-                self._attach(n.name, m)
-                mods[n.name] = m
-        steps = []
-        for n in graph.nodes:
-            a = n.attrs
-            cfg: dict[str, Any] = {}
-            if n.op == "conv":
-                pt, pl, pb, pr = (int(p) for p in a["pad"])
-                cfg = {"pad": None if (pt == pb and pl == pr) else (pl, pr, pt, pb)}
-            elif n.op in ("max_pool", "avg_pool"):
-                cfg = _pool_cfg(a)
-            elif n.op == "concat":
-                cfg = {"axis": int(a.get("axis", 1))}
-            elif n.op == "reshape":
-                cfg = {"shape": [int(d) for d in a["shape"]]}
-            steps.append(_Step(n.name, n.op, n.inputs, mods.get(n.name), cfg))
+        for s in steps:
+            if s.op in MAKE:
+                m = MAKE.get(s.op, s.name)(s, shapes)
+                self._attach(s.name, m)
+                self._senet_mods[s.name] = m
         self._senet_steps = steps
-        last_use: dict[str, int] = {}
-        for i, s in enumerate(steps):
-            for v in s.inputs:
-                last_use[v] = i
         # values no later node reads, freed as soon as possible when not tapping
-        self._senet_free = [
-            [v for v in dict.fromkeys(s.inputs) if last_use[v] == i and v != graph.output] for i, s in enumerate(steps)
-        ]
-
-    @staticmethod
-    def _make(n: Any, shapes: dict[str, tuple[int, ...]]) -> nn.Module | None:
-        a = n.attrs
-        if n.op == "conv":
-            pt, pl, pb, pr = (int(p) for p in a["pad"])
-            return nn.Conv2d(
-                shapes[n.inputs[0]][1],
-                int(a["out_channels"]),
-                _pair(a["kernel"]),
-                stride=_pair(a["stride"]),
-                padding=(pt, pl) if (pt == pb and pl == pr) else 0,
-                dilation=_pair(a.get("dilation", (1, 1))),
-                groups=int(a.get("groups", 1)),
-                bias=bool(a.get("bias", True)),
-            )
-        if n.op == "batch_norm":
-            return nn.BatchNorm2d(shapes[n.inputs[0]][1], eps=float(a["eps"]))
-        if n.op == "linear":
-            return nn.Linear(math.prod(shapes[n.inputs[0]][1:]), int(a["out_features"]), bias=bool(a.get("bias", True)))
-        if n.op == "input_norm":
-            return InputNorm(a["perm"], a["scale"], a["shift"])
-        return None
+        self._senet_free = dead_after(graph)
 
     def _attach(self, path: str, m: nn.Module) -> None:
         parent: nn.Module = self
@@ -249,59 +321,7 @@ class SENetModule(nn.Module):
     # ------------------------------------------------------------------------------- forward
 
     def _walk(self, x: torch.Tensor, taps: bool) -> dict[str, torch.Tensor]:
-        vals: dict[str, torch.Tensor] = {self._senet_input: x}
-        out: dict[str, torch.Tensor] = {}
-        for s, free in zip(self._senet_steps, self._senet_free):
-            ins = [vals[v] for v in s.inputs]
-            y = self._run_step(s, ins)
-            vals[s.name] = y
-            if taps:
-                out[s.name] = y
-            else:
-                for v in free:
-                    del vals[v]
-        if not taps:
-            out[self._senet_output] = vals[self._senet_output]
-        return out
-
-    @staticmethod
-    def _run_step(s: _Step, ins: list[torch.Tensor]) -> torch.Tensor:
-        op, x, c = s.op, ins[0], s.cfg
-        if op == "conv":
-            if c["pad"] is not None:
-                x = F.pad(x, c["pad"])
-            return s.module(x)
-        if op in ("batch_norm", "input_norm"):
-            return s.module(x)
-        if op == "linear":
-            return s.module(torch.flatten(x, 1))
-        if op == "relu":
-            return F.relu(x)
-        if op == "sigmoid":
-            return torch.sigmoid(x)
-        if op == "max_pool":
-            return _pool(x, c, True)
-        if op == "avg_pool":
-            return _pool(x, c, False)
-        if op == "global_avg_pool":
-            return x.mean(dim=(2, 3), keepdim=True)
-        if op == "axpy":
-            return _nc11(ins[0]) * ins[1] + ins[2]
-        if op == "channel_scale":
-            return x * _nc11(ins[1])
-        if op == "add":
-            return x + ins[1]
-        if op == "concat":
-            return torch.cat(ins, dim=c["axis"])
-        if op == "reshape":
-            return _reshape(x, c["shape"])
-        if op == "flatten":
-            return torch.flatten(x, 1)
-        if op == "softmax":
-            return torch.softmax(x, dim=1)
-        if op == "dropout":
-            return x
-        raise UnsupportedError(f"node '{s.name}': op '{op}' has no PyTorch mapping")
+        return walk(self._senet_graph, self._senet_steps, self, x, taps=taps, dead=self._senet_free)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._walk(x, taps=False)[self._senet_output]

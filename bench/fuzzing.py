@@ -1,5 +1,9 @@
 """Structure-aware fuzzing of senet-hub's readers (used by tests/test_fuzz.py and bench/fuzz.py).
 
+Over 500 lines because it is one format-aware mutator per reader plus one runner; each part is
+independent and read alone. It lives in bench/ (not tests/): a library, not a test module; tests
+import it through tests/conftest.py, which puts bench/ on sys.path.
+
 Every reader of untrusted input is a ``Target``: seed files, mutators that know the format's
 structure, and ``run(paths)`` that reads the mutated file the way a user's command would. The
 contract checked for every input: the reader returns, or raises a ``SenetHubError``; never another
@@ -20,21 +24,20 @@ Formats and what is mutated:
 * MindSpore .ckpt and the YAML manifest: registered when their readers exist
   (``converters/mindspore.py: read_ckpt_tensors``, ``senet_hub/manifest.py``).
 
-Adding a reader is one ``register(Target(...))`` call.
+Adding a reader is one ``@target_family("name")`` function returning its ``Target``s; every family
+in ``FAMILIES`` is built by ``setup_targets`` and a family that fails to build raises (it is never
+dropped): tests/test_fuzz.py asserts the exact set of target names.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
-import importlib.util
 import os
 import random
 import re
 import signal
 import struct
-import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -44,9 +47,7 @@ from typing import Any
 
 import numpy as np
 
-TESTS = Path(__file__).resolve().parent
-if str(TESTS) not in sys.path:  # bench/fuzz.py imports this module from outside pytest
-    sys.path.insert(0, str(TESTS))
+ROOT = Path(__file__).resolve().parent.parent
 
 from senet_hub.converters import caffe  # noqa: E402
 from senet_hub.converters.caffe_format import MAX_DEPTH, encode_layer, ld, read_caffemodel  # noqa: E402
@@ -60,10 +61,50 @@ TIME_LIMIT = 5.0
 MEM_SLACK = 1 << 20  # bytes of fixed overhead allowed on top of the per-byte factor
 
 # ------------------------------------------------------------------------------------ seeds
-from test_caffe_reader import TINY  # noqa: E402  (the reader tests' nets: one definition)
-from test_caffe_reader import V1_NET as TINY_V1  # noqa: E402
+# The smallest nets that exercise the reader; tests/test_caffe_reader.py and others use them too
+# (one definition). TINY: conv + BatchNorm/Scale + ReLU + ceil max pool + InnerProduct + Softmax.
+TINY = """
+name: "tiny"
+input: "data"
+input_shape { dim: 1 dim: 3 dim: 9 dim: 9 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 bias_term: false } }
+layer { name: "conv/bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+layer { name: "conv/scale" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param { num_output: 5 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
 
 # V1 (`layers`, enum types, legacy input_dim header)
+V1_NET = """
+name: "tiny-v1"
+input: "data"
+input_dim: 1 input_dim: 3 input_dim: 9 input_dim: 9
+layers { name: "conv" type: CONVOLUTION bottom: "data" top: "conv"
+         convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 bias_term: false } }
+layers { name: "relu" type: RELU bottom: "conv" top: "conv" }
+layers { name: "pool" type: POOLING bottom: "conv" top: "pool" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layers { name: "fc" type: INNER_PRODUCT bottom: "pool" top: "fc" inner_product_param { num_output: 5 } }
+layers { name: "prob" type: SOFTMAX bottom: "fc" top: "prob" }
+"""
+TINY_V1 = V1_NET
+
+
+def tiny_weights(rng: np.random.Generator) -> dict[str, list[np.ndarray]]:
+    """TINY's blobs by layer (the reader tests' weights: BatchNorm's blobs stored x2, factor 2)."""
+    return {
+        "conv": [rng.normal(size=(4, 3, 3, 3)).astype(np.float32)],
+        "conv/bn": [
+            rng.normal(size=4).astype(np.float32) * 2,
+            rng.uniform(1, 2, 4).astype(np.float32) * 2,
+            np.array([2.0], np.float32),
+        ],
+        "conv/scale": [rng.normal(size=4).astype(np.float32), rng.normal(size=4).astype(np.float32)],
+        "fc": [rng.normal(size=(5, 4 * 2 * 2)).astype(np.float32), rng.normal(size=5).astype(np.float32)],
+    }
+
 
 # An SE block with every layer type the reader handles (Axpy, two-bottom Scale, Split, Concat, ...)
 SE_TINY = """
@@ -1221,41 +1262,88 @@ class Target:
         return max(self.mem_factor * size + MEM_SLACK, self.mem_abs)
 
 
-TARGETS: dict[str, Target] = {}
+TARGETS: dict[str, Target] = {}  # the targets of the last setup_targets() call
 
 
 def register(t: Target) -> Target:
+    """Add one target (setup_targets' families call this; a second target of one name is an error)."""
+    if t.name in TARGETS:
+        raise ValueError(f"fuzz target {t.name!r} registered twice")
     TARGETS[t.name] = t
     return t
 
 
-_workdir: dict[str, str] = {}
+@dataclass
+class Setup:
+    """What a family builder gets: where to write its seed files, and whether to make giant inputs."""
+
+    workdir: str
+    big: bool
 
 
-def _canonical() -> bool:
-    """caffe.load canonicalizes through senet_hub.zoo when that module exists."""
-    return importlib.util.find_spec("senet_hub.zoo") is not None
+# name -> builder: each builder registers the targets of one reader family, named like its source
+# format in senet_hub.formats; one registry, no optional families (a builder that raises fails
+# setup_targets, and so the tests)
+FAMILIES: dict[str, Callable[[Setup], None]] = {}
+
+
+def target_family(name: str) -> Callable[[Callable[[Setup], None]], Callable[[Setup], None]]:
+    def deco(fn: Callable[[Setup], None]) -> Callable[[Setup], None]:
+        FAMILIES[name] = fn
+        return fn
+
+    return deco
+
+
+# Files read that are no source format (senet_hub.formats lists the model formats)
+HUB_FILES = ("manifest",)
+
+
+def family_names() -> list[str]:
+    """The families that must exist: every source format of senet_hub.formats that reads files (a
+    format with no suffixes, like zoo, reads none), then the hub's own files."""
+    from senet_hub import formats
+
+    return [f.name for f in formats.sources() if f.suffixes] + list(HUB_FILES)
 
 
 def setup_targets(workdir: str | os.PathLike, big: bool = False) -> dict[str, Target]:
-    """Register every reader that exists now, with seed files written under `workdir`.
+    """Build every family's targets, with seed files written under `workdir`.
 
     big: also generate multi-megabyte inputs (nesting 100,000 deep, 20,000 records; bench/fuzz.py).
+    Raises if a source format has no family, a family is for no format, or one builds nothing.
     """
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     TARGETS.clear()
+    names = family_names()
+    unknown = sorted(set(FAMILIES) - set(names))
+    missing = [n for n in names if n not in FAMILIES]
+    if missing or unknown:
+        raise RuntimeError(f"fuzz families out of step with senet_hub.formats: missing {missing}, unknown {unknown}")
+    for name in names:
+        before = len(TARGETS)
+        FAMILIES[name](Setup(workdir, big))
+        if len(TARGETS) == before:
+            raise RuntimeError(f"fuzz target family {name!r} registered no target")
+    return TARGETS
+
+
+@target_family("caffe")
+def _register_caffe(s: Setup) -> None:
+    workdir, big = s.workdir, s.big
     seeds = caffe_seeds()
     protos, models = [], []
-    for s in seeds:
-        p, w = os.path.join(workdir, f"{s.name}.prototxt"), os.path.join(workdir, f"{s.name}.caffemodel")
-        Path(p).write_text(s.prototxt)
-        Path(w).write_bytes(s.caffemodel)
+    for seed in seeds:
+        p, w = os.path.join(workdir, f"{seed.name}.prototxt"), os.path.join(workdir, f"{seed.name}.caffemodel")
+        Path(p).write_text(seed.prototxt)
+        Path(w).write_bytes(seed.caffemodel)
         protos.append(p)
         models.append(w)
-    canonical = _canonical()
-    cm = CaffemodelMutator([s.caffemodel for s in seeds], big)
-    pm = PrototxtMutator([s.prototxt for s in seeds], big)
+    # caffe.load canonicalizes through senet_hub.zoo (always present: a plain import, a broken zoo fails)
+    canonical = True
+    cm = CaffemodelMutator([seed.caffemodel for seed in seeds], big)
+    pm = PrototxtMutator([seed.prototxt for seed in seeds], big)
 
     # mem_factor: a real caffemodel costs its buffer, 1x (blobs are views on it); crafted files made
     # of minimal records (an empty layer per 12 bytes) cost ~25x more in Python objects, capped by MAX_BLOBS
@@ -1264,35 +1352,26 @@ def setup_targets(workdir: str | os.PathLike, big: bool = False) -> dict[str, Ta
 
     # the whole Caffe load with a mutated caffemodel: handlers and validation see the mutated blobs
     # (paired with the seed's prototxt: the mutator picks seed k, the pair must match, so one per seed)
-    for k, s in enumerate(seeds):
-        cmk = CaffemodelMutator([s.caffemodel], big)
-        register(Target(f"caffe_load[{s.name}].caffemodel", ".caffemodel",
+    for k, seed in enumerate(seeds):
+        cmk = CaffemodelMutator([seed.caffemodel], big)
+        register(Target(f"caffe_load[{seed.name}].caffemodel", ".caffemodel",
                         lambda path, p=protos[k]: caffe.load(p, path, canonical=canonical), cmk, mem_factor=32,
                         weight=0.7, note="caffe.load(seed prototxt, mutated caffemodel)"))  # fmt: skip
-        pmk = PrototxtMutator([s.prototxt], big)
-        register(Target(f"caffe_load[{s.name}].prototxt", ".prototxt",
+        pmk = PrototxtMutator([seed.prototxt], big)
+        register(Target(f"caffe_load[{seed.name}].prototxt", ".prototxt",
                         lambda path, w=models[k]: caffe.load(path, w, canonical=canonical), pmk, mem_factor=64,
                         weight=0.8, note="caffe.load(mutated prototxt, seed caffemodel)"))  # fmt: skip
     # without weights, per-channel vectors follow the declared shapes (capped by the reader)
     register(Target("prototxt_graph", ".prototxt", lambda path: caffe.load_prototxt(path), pm, mem_factor=64,
                     weight=1, note="caffe.load_prototxt (placeholder weights)", mem_abs=160 << 20))  # fmt: skip
 
-    _register_mindspore(workdir, big)
-    _register_manifest(workdir, big)
-    return TARGETS
 
+@target_family("mindspore")
+def _register_mindspore(s: Setup) -> None:
+    from senet_hub.converters.mindspore import read_ckpt_tensors as reader
+    from senet_hub.converters.mindspore import write_ckpt_tensors as writer
 
-def _register_mindspore(workdir: str, big: bool) -> None:
-    if importlib.util.find_spec("senet_hub.converters.mindspore") is None:
-        return
-    try:
-        ms = importlib.import_module("senet_hub.converters.mindspore")
-    except Exception:  # being written by someone else: not finished yet
-        return
-    reader = getattr(ms, "read_ckpt_tensors", None)
-    writer = getattr(ms, "write_ckpt_tensors", None)
-    if reader is None or writer is None:
-        return
+    workdir, big = s.workdir, s.big
     rng = np.random.default_rng(5)
     tensors = [
         {"conv1.weight": rng.normal(size=(4, 3, 3, 3)).astype("<f4"), "bn1.gamma": np.ones(4, "<f4"),
@@ -1303,11 +1382,8 @@ def _register_mindspore(workdir: str, big: bool) -> None:
     seeds = []
     for j, (ts, crc) in enumerate([(tensors[0], False), (tensors[0], True), (tensors[1], False)]):
         p = os.path.join(workdir, f"seed{j}.ckpt")
-        try:
-            writer(ts, p, crc=crc)
-            reader(p)
-        except Exception:  # the writer or reader is not finished: skip rather than guess the format
-            return
+        writer(ts, p, crc=crc)
+        reader(p)  # the seeds must read: a failure here is a bug, reported by the caller
         seeds.append(Path(p).read_bytes())
     register(Target("mindspore_ckpt", ".ckpt", lambda path: reader(path),
                     WireMutator(seeds, CKPT_SCHEMA, "Checkpoint", (1,), ("Value", 2), big), mem_factor=4, weight=1.2,
@@ -1321,41 +1397,28 @@ def _register_mindspore(workdir: str, big: bool) -> None:
     st = len(h).to_bytes(8, "little") + h + data
     p = os.path.join(workdir, "seed.safetensors")
     Path(p).write_bytes(st)
-    try:
-        reader(p)
-    except Exception:
-        return
+    reader(p)
     register(Target("mindspore_safetensors", ".ckpt", lambda path: reader(path), SafetensorsMutator([st], big),
                     mem_factor=16, weight=0.4, note="converters/mindspore.read_ckpt_tensors (safetensors)"))  # fmt: skip
 
 
-def _register_manifest(workdir: str, big: bool) -> None:
-    if importlib.util.find_spec("senet_hub.manifest") is None:
-        return
-    try:
-        man = importlib.import_module("senet_hub.manifest")
-    except Exception:
-        return
-    loader = next(
-        (getattr(man, n) for n in ("load_manifest", "read_manifest", "load") if callable(getattr(man, n, None))), None
-    )
-    if loader is None:
-        return
-    seed_path = TESTS.parent / "weights_manifest.yaml"
-    try:
-        text = seed_path.read_text()
-        loader(str(seed_path))
-    except Exception:  # the loader does not take a path or rejects the repository's own manifest
-        return
+@target_family("manifest")
+def _register_manifest(s: Setup) -> None:
+    from senet_hub import manifest as man
+
+    loader = man.load
+    seed_path = ROOT / "weights_manifest.yaml"
+    text = seed_path.read_text()
+    loader(str(seed_path))  # the repository's own manifest must load
     # The shipped manifest cut after its first two models (anchors included): parsing costs ~1 ms
     # per line, and every line is a truncation point. bench/fuzz.py --big uses all of it.
     lines = text.splitlines(keepends=True)
     starts = [i for i, ln in enumerate(lines) if ln.startswith("  - id:")]
-    small = "".join(lines[: starts[2]]) if len(starts) > 2 and not big else text
+    small = "".join(lines[: starts[2]]) if len(starts) > 2 and not s.big else text
     seeds = [small, "schema_version: 1\nmodels: []\n"]
     # mem_abs: the loader reads with f.read(limit + 1), which reserves its 1 MiB limit up front
-    register(Target("manifest_yaml", ".yaml", lambda path: loader(path), YamlMutator(seeds, big), mem_factor=64, mem_abs=3 << 20,
-                    weight=0.5, note=f"senet_hub.manifest.{loader.__name__}"))  # fmt: skip
+    register(Target("manifest_yaml", ".yaml", lambda path: loader(path), YamlMutator(seeds, s.big), mem_factor=64, mem_abs=3 << 20,
+                    weight=0.5, note="senet_hub.manifest.load"))  # fmt: skip
 
 
 # -------------------------------------------------------------------------------- the runner
