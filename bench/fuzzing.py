@@ -380,7 +380,11 @@ class CaffemodelMutator:
 
     def __init__(self, seeds: list[bytes], big: bool = False):
         self.seeds, self.big = seeds, big
-        self.trees = [pb_parse(s, CAFFE_SCHEMA, "Net") for s in seeds]
+        self._index(CAFFE_SCHEMA, "Net")
+
+    def _index(self, schema: dict, root: str) -> None:
+        """Parse every seed into its field tree and record every field boundary (for truncations)."""
+        self.trees = [pb_parse(s, schema, root) for s in self.seeds]
         assert all(t is not None for t in self.trees)
         self.bounds = []
         for t in self.trees:
@@ -1038,13 +1042,7 @@ class WireMutator(CaffemodelMutator):
         # for most mutants, so that they reach the parser instead of failing the CRC check
         self.crc = [s[-17:-10] == b"crc_num" for s in seeds]
         self.seeds = [s[:-17] if c else s for s, c in zip(seeds, self.crc)]
-        self.trees = [pb_parse(s, schema, root) for s in self.seeds]
-        assert all(t is not None for t in self.trees)
-        self.bounds = []
-        for t in self.trees:
-            b: list[int] = []
-            pb_encode(t, b)
-            self.bounds.append(sorted(set(b)))
+        self._index(schema, root)
 
     def truncations(self) -> Iterator[tuple[str, bytes]]:
         for op, data in super().truncations():
