@@ -38,8 +38,8 @@ import numpy as np
 
 from ..errors import FormatError
 from ..graph import Graph, Model, Node, _reshape_target, infer_shapes, output_shape, pool_out
+from ..ops import pool_counts
 from .compat import import_chainer, version_of
-from .numpy_ref import _pool_counts
 
 NAME = "chainer"
 EXTRA = "chainer"
@@ -119,7 +119,7 @@ def _pool(F: Any, x: Any, a: dict, is_max: bool) -> Any:
     if is_max:
         return F.max_pooling_2d(x, (kh, kw), (sh, sw), pad=0, cover_all=False)
     y = F.average_pooling_2d(x, (kh, kw), (sh, sw), pad=0)
-    count = np.outer(_pool_counts(h, kh, sh, pt, pb, ho, inc), _pool_counts(w, kw, sw, pl, pr, wo, inc))
+    count = np.outer(pool_counts(h, kh, sh, pt, pb, ho, inc), pool_counts(w, kw, sw, pl, pr, wo, inc))
     if (count == kh * kw).all():
         return y
     return F.scale(y, (kh * kw / count).astype(y.dtype), axis=2)

@@ -20,9 +20,6 @@ EXTRA = None
 Params = dict[str, dict[str, np.ndarray]]  # node -> its parameters in the compute dtype
 LOWER: Lowerings[Any] = Lowerings("numpy")
 
-# kept for importers (chainer, tensorflow): the one pooling-divisor rule lives in ops
-_pool_counts = ops.pool_counts
-
 
 class Native(NamedTuple):
     model: Model

@@ -98,6 +98,7 @@ with _quiet_fd2():
 
 from ..errors import ModelError, OutputError, UnsupportedError  # noqa: E402
 from ..graph import Model, infer_shapes, pool_out  # noqa: E402
+from ..ops import pool_counts  # noqa: E402
 
 NAME = "tensorflow"
 EXTRA = "tensorflow"
@@ -161,14 +162,6 @@ def _info(native: Any) -> _Info:
 
 def _f32(a: Any) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
-
-
-def _pool_counts(size: int, k: int, s: int, p0: int, p1: int, m: int, include_pad: bool) -> np.ndarray:
-    """graph.py's divisor per output position along one axis."""
-    start = np.arange(m) * s - p0
-    if include_pad:
-        return np.minimum(start + k, size + p1) - start
-    return np.minimum(start + k, size) - np.maximum(start, 0)
 
 
 class _Walker:
@@ -344,8 +337,8 @@ class _Walker:
                 x = _L.Rescaling(1.0, off, name=self.aux(n.name, "pad_cols"), **_COMMON)(x)
             return _L.MaxPooling2D((kh, kw), strides=(sh, sw), padding="valid", name=name, **_CL)(x)
         inc = bool(a.get("count_include_pad", True))
-        fh = kh / _pool_counts(h, kh, sh, pt, pb, ho, inc)  # AveragePooling2D divides by kh * kw
-        fw = kw / _pool_counts(w, kw, sw, pl, pr, wo, inc)
+        fh = kh / pool_counts(h, kh, sh, pt, pb, ho, inc)  # AveragePooling2D divides by kh * kw
+        fw = kw / pool_counts(w, kw, sw, pl, pr, wo, inc)
         fix_h, fix_w = bool((fh != 1).any()), bool((fw != 1).any())
         last = not (fix_h or fix_w)
         pool_name = name if last else self.aux(n.name, "avg")
