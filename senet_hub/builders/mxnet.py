@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..graph import Model, infer_shapes, pool_out
+from ..ops import Lowerings, PoolAttrs, Step, plan, walk
 from .compat import import_mxnet, version_of
 
 NAME = "mxnet"
@@ -61,15 +62,10 @@ def param_name(node: str, op: str, param: str) -> str:
     return f"{node}_{_BN[param] if op == 'batch_norm' else param}"
 
 
-def _pads(a: dict) -> tuple[int, int, int, int]:
-    return tuple(int(p) for p in a.get("pad", (0, 0, 0, 0)))  # type: ignore[return-value]
-
-
-def _pool(mx: Any, x: Any, name: str, a: dict, is_max: bool, in_hw: tuple[int, int]) -> Any:
-    (kh, kw), (sh, sw) = a["kernel"], a["stride"]
-    pt, pl, pb, pr = _pads(a)
-    ceil = bool(a.get("ceil", False))
-    inc = bool(a.get("count_include_pad", True))
+def _pool(mx: Any, x: Any, name: str, a: PoolAttrs, is_max: bool, in_hw: tuple[int, int]) -> Any:
+    (kh, kw), (sh, sw) = a.kernel, a.stride
+    pt, pl, pb, pr = (int(p) for p in a.pad)
+    ceil, inc = bool(a.ceil), bool(a.count_include_pad)
     conv = "full" if ceil else "valid"
     typ = "max" if is_max else "avg"
     kw_: dict[str, Any] = dict(kernel=(kh, kw), stride=(sh, sw), pool_type=typ, pooling_convention=conv)
@@ -106,114 +102,198 @@ def _nc11(mx: Any, s: Any, name: str) -> Any:
     return mx.sym.reshape(s, shape=(0, 0, 1, 1), name=name)
 
 
+@dataclass
+class _Ctx:
+    """What a lowering needs besides its inputs: the framework and the inferred shapes."""
+
+    mx: Any
+    shapes: dict[str, tuple[int, ...]]
+
+    def var(self, s: Step, p: str) -> Any:
+        return self.mx.sym.Variable(param_name(s.name, s.op, p))
+
+
+LowerFn = Callable[[_Ctx, Step, list[Any]], Any]
+# ``fn(ctx, step, inputs) -> symbol``: one symbol named like the node (helpers ``<node>/<what>``)
+LOWER: Lowerings[LowerFn] = Lowerings("mxnet")
+
+
+@LOWER.register("conv")
+def _conv(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    a, x = s.attrs, ins[0]
+    pt, pl, pb, pr = a.pad
+    if (pt, pl) != (pb, pr):  # MXNet's Convolution pads symmetrically only
+        width = (0, 0, 0, 0, pt, pb, pl, pr)
+        x = c.mx.sym.pad(x, mode="constant", constant_value=0.0, pad_width=width, name=f"{s.name}/pad")
+        pt = pl = 0
+    has_bias = "bias" in s.node.param_names()
+    return c.mx.sym.Convolution(
+        x,
+        weight=c.var(s, "weight"),
+        bias=c.var(s, "bias") if has_bias else None,
+        kernel=tuple(a.kernel),
+        stride=tuple(a.stride),
+        dilate=tuple(a.dilation),
+        pad=(pt, pl),
+        num_filter=int(a.out_channels),
+        num_group=int(a.groups),
+        no_bias=not has_bias,
+        name=s.name,
+    )
+
+
+@LOWER.register("batch_norm")
+def _batch_norm(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return c.mx.sym.BatchNorm(
+        ins[0],
+        gamma=c.var(s, "weight"),
+        beta=c.var(s, "bias"),
+        moving_mean=c.var(s, "running_mean"),
+        moving_var=c.var(s, "running_var"),
+        eps=float(s.attrs.eps),
+        fix_gamma=False,
+        use_global_stats=True,
+        axis=1,
+        name=s.name,
+    )
+
+
+@LOWER.register("relu")
+def _relu(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return c.mx.sym.Activation(ins[0], act_type="relu", name=s.name)
+
+
+@LOWER.register("sigmoid")
+def _sigmoid(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return c.mx.sym.Activation(ins[0], act_type="sigmoid", name=s.name)
+
+
+@LOWER.register("max_pool")
+def _max_pool(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return _pool(c.mx, ins[0], s.name, s.attrs, True, _hw(c.shapes[s.inputs[0]]))
+
+
+@LOWER.register("avg_pool")
+def _avg_pool(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return _pool(c.mx, ins[0], s.name, s.attrs, False, _hw(c.shapes[s.inputs[0]]))
+
+
+@LOWER.register("global_avg_pool")
+def _global_avg_pool(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return c.mx.sym.Pooling(ins[0], kernel=(1, 1), global_pool=True, pool_type="avg", name=s.name)
+
+
+@LOWER.register("axpy")
+def _axpy(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    ax = c.mx.sym.broadcast_mul(_nc11(c.mx, ins[0], f"{s.name}/a"), ins[1], name=f"{s.name}/ax")
+    return c.mx.sym.elemwise_add(ax, ins[2], name=s.name)
+
+
+@LOWER.register("channel_scale")
+def _channel_scale(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return c.mx.sym.broadcast_mul(ins[0], _nc11(c.mx, ins[1], f"{s.name}/s"), name=s.name)
+
+
+@LOWER.register("add")
+def _add(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return c.mx.sym.elemwise_add(ins[0], ins[1], name=s.name)
+
+
+@LOWER.register("concat")
+def _concat(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return c.mx.sym.concat(*ins, dim=int(s.attrs.axis), name=s.name)
+
+
+@LOWER.register("reshape")
+def _reshape(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    # Caffe's 0 (copy) / -1 (infer) mean the same in MXNet's Reshape
+    return c.mx.sym.reshape(ins[0], shape=tuple(int(d) for d in s.attrs.shape), name=s.name)
+
+
+@LOWER.register("flatten")
+def _flatten(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return c.mx.sym.flatten(ins[0], name=s.name)
+
+
+@LOWER.register("linear")
+def _linear(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    has_bias = "bias" in s.node.param_names()
+    return c.mx.sym.FullyConnected(
+        ins[0],
+        weight=c.var(s, "weight"),
+        bias=c.var(s, "bias") if has_bias else None,
+        num_hidden=int(s.attrs.out_features),
+        no_bias=not has_bias,
+        flatten=True,
+        name=s.name,
+    )
+
+
+@LOWER.register("softmax")
+def _softmax(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return c.mx.sym.softmax(ins[0], axis=1, name=s.name)
+
+
+@LOWER.register("dropout")
+def _dropout(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return c.mx.sym.Dropout(ins[0], p=float(s.attrs.ratio), name=s.name)  # the identity at inference
+
+
+@LOWER.register("input_norm")
+def _input_norm(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    x, perm = ins[0], [int(p) for p in s.attrs.perm]
+    if perm != list(range(len(perm))):  # no channel gather in mx.sym: split + reordered concat
+        parts = c.mx.sym.split(x, num_outputs=len(perm), axis=1, name=f"{s.name}/split")
+        x = c.mx.sym.concat(*[parts[p] for p in perm], dim=1, name=f"{s.name}/perm")
+    xs = c.mx.sym.broadcast_mul(x, c.var(s, "scale"), name=f"{s.name}/mul")
+    return c.mx.sym.broadcast_add(xs, c.var(s, "shift"), name=s.name)
+
+
 def to_symbol(model: Model, input_shape: tuple[int, ...] | None = None) -> tuple[Any, dict[str, Any]]:
     """(output symbol, {canonical node name: symbol}) for inputs of ``input_shape`` (H, W matter)."""
-    mx = import_mxnet()
     g = model.graph
+    steps = plan(g, LOWER)  # a missing lowering fails here, before MXNet is imported
+    mx = import_mxnet()
     shapes = infer_shapes(model, tuple(input_shape or g.input_shape))
-    vals: dict[str, Any] = {g.input_name: mx.sym.Variable(g.input_name)}
-    for n in g.nodes:
-        a, op, name = n.attrs, n.op, n.name
-        ins = [vals[i] for i in n.inputs]
-        x = ins[0]
+    nodes = walk(g, steps, _Ctx(mx, shapes), mx.sym.Variable(g.input_name), taps=True)
+    return nodes[g.output], nodes
 
-        def var(p: str, _n: Any = n) -> Any:
-            return mx.sym.Variable(param_name(_n.name, _n.op, p))
 
-        if op == "conv":
-            pt, pl, pb, pr = _pads(a)
-            if (pt, pl) != (pb, pr):
-                x = mx.sym.pad(
-                    x, mode="constant", constant_value=0.0, pad_width=(0, 0, 0, 0, pt, pb, pl, pr), name=f"{name}/pad"
-                )
-                pt = pl = 0
-            has_bias = "bias" in n.param_names()
-            y = mx.sym.Convolution(
-                x,
-                weight=var("weight"),
-                bias=var("bias") if has_bias else None,
-                kernel=tuple(a["kernel"]),
-                stride=tuple(a["stride"]),
-                dilate=tuple(a.get("dilation", (1, 1))),
-                pad=(pt, pl),
-                num_filter=int(a["out_channels"]),
-                num_group=int(a.get("groups", 1)),
-                no_bias=not has_bias,
-                name=name,
-            )
-        elif op == "batch_norm":
-            y = mx.sym.BatchNorm(
-                x,
-                gamma=var("weight"),
-                beta=var("bias"),
-                moving_mean=var("running_mean"),
-                moving_var=var("running_var"),
-                eps=float(a["eps"]),
-                fix_gamma=False,
-                use_global_stats=True,
-                axis=1,
-                name=name,
-            )
-        elif op == "relu":
-            y = mx.sym.Activation(x, act_type="relu", name=name)
-        elif op == "sigmoid":
-            y = mx.sym.Activation(x, act_type="sigmoid", name=name)
-        elif op in ("max_pool", "avg_pool"):
-            y = _pool(mx, x, name, a, op == "max_pool", _hw(shapes[n.inputs[0]]))
-        elif op == "global_avg_pool":
-            y = mx.sym.Pooling(x, kernel=(1, 1), global_pool=True, pool_type="avg", name=name)
-        elif op == "axpy":
-            ax = mx.sym.broadcast_mul(_nc11(mx, ins[0], f"{name}/a"), ins[1], name=f"{name}/ax")
-            y = mx.sym.elemwise_add(ax, ins[2], name=name)
-        elif op == "channel_scale":
-            y = mx.sym.broadcast_mul(x, _nc11(mx, ins[1], f"{name}/s"), name=name)
-        elif op == "add":
-            y = mx.sym.elemwise_add(x, ins[1], name=name)
-        elif op == "concat":
-            y = mx.sym.concat(*ins, dim=int(a.get("axis", 1)), name=name)
-        elif op == "reshape":
-            y = mx.sym.reshape(x, shape=tuple(int(d) for d in a["shape"]), name=name)
-        elif op == "flatten":
-            y = mx.sym.flatten(x, name=name)
-        elif op == "linear":
-            has_bias = "bias" in n.param_names()
-            y = mx.sym.FullyConnected(
-                x,
-                weight=var("weight"),
-                bias=var("bias") if has_bias else None,
-                num_hidden=int(a["out_features"]),
-                no_bias=not has_bias,
-                flatten=True,
-                name=name,
-            )
-        elif op == "softmax":
-            y = mx.sym.softmax(x, axis=1, name=name)
-        elif op == "dropout":
-            y = mx.sym.Dropout(x, p=float(a.get("ratio", 0.5)), name=name)
-        elif op == "input_norm":
-            perm = [int(p) for p in a["perm"]]
-            if perm != list(range(len(perm))):
-                parts = mx.sym.split(x, num_outputs=len(perm), axis=1, name=f"{name}/split")
-                x = mx.sym.concat(*[parts[p] for p in perm], dim=1, name=f"{name}/perm")
-            xs = mx.sym.broadcast_mul(x, var("scale"), name=f"{name}/mul")
-            y = mx.sym.broadcast_add(xs, var("shift"), name=name)
-        else:  # validated graphs only contain known ops
-            raise NotImplementedError(op)
-        vals[name] = y
-    return vals[g.output], {n.name: vals[n.name] for n in g.nodes}
+ParamsFn = Callable[[Model, Step, dict[str, np.ndarray], dict[str, np.ndarray]], None]
+# ``fn(model, step, arg, aux)`` fills a node's MXNet variables; ops without parameters have none
+PARAMS: Lowerings[ParamsFn] = Lowerings("mxnet")
+
+
+def _copy(model: Model, s: Step, p: str) -> np.ndarray:
+    return np.ascontiguousarray(model.param(s.name, p), np.float32)
+
+
+@PARAMS.register("conv", "linear")
+def _weights(model: Model, s: Step, arg: dict[str, np.ndarray], aux: dict[str, np.ndarray]) -> None:
+    for p in s.node.param_names():
+        arg[param_name(s.name, s.op, p)] = _copy(model, s, p)
+
+
+@PARAMS.register("batch_norm")
+def _bn_params(model: Model, s: Step, arg: dict[str, np.ndarray], aux: dict[str, np.ndarray]) -> None:
+    for p in s.node.param_names():  # running statistics are MXNet auxiliary states, not arguments
+        (aux if p in _AUX else arg)[param_name(s.name, s.op, p)] = _copy(model, s, p)
+
+
+@PARAMS.register("input_norm")
+def _norm_params(model: Model, s: Step, arg: dict[str, np.ndarray], aux: dict[str, np.ndarray]) -> None:
+    _weights(model, s, arg, aux)
+    for p in ("scale", "shift"):  # attributes in the canonical graph, constants (1 x C x 1 x 1) here
+        arg[param_name(s.name, s.op, p)] = np.asarray(getattr(s.attrs, p), np.float32).reshape(1, -1, 1, 1)
 
 
 def params(model: Model) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(arg params, aux params) as float32 numpy arrays keyed by MXNet variable name."""
     arg: dict[str, np.ndarray] = {}
     aux: dict[str, np.ndarray] = {}
-    for n in model.graph.nodes:
-        for p in n.param_names():
-            target = aux if n.op == "batch_norm" and p in _AUX else arg
-            target[param_name(n.name, n.op, p)] = np.ascontiguousarray(model.param(n.name, p), np.float32)
-        if n.op == "input_norm":
-            for p in ("scale", "shift"):
-                arg[param_name(n.name, n.op, p)] = np.asarray(n.attrs[p], np.float32).reshape(1, -1, 1, 1)
+    for s in plan(model.graph, LOWER):
+        if s.op in PARAMS:
+            PARAMS.get(s.op, s.name)(model, s, arg, aux)
     return arg, aux
 
 
