@@ -20,13 +20,13 @@ import textwrap
 CHILD = textwrap.dedent("""
     import json, resource, sys, time
     import numpy as np
-    from senet_hub import builders, verify, zoo, zoo_mindcv
+    from senet_hub import builders, verify, zoo
     from senet_hub.builders import numpy_ref
     arch, names, batch, mode = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]), sys.argv[4]
     model = zoo.synthetic_model(arch, seed=0)
     # a backend that cannot run this architecture (mindspore: MindCV's only) is left out; asked
     # without building anything (a trial build's memory would stay in the process and count)
-    names = [b for b in names if b != "mindspore" or zoo_mindcv.is_arch(arch)]
+    names = [b for b in names if b != "mindspore" or zoo.is_arch(arch, "mindcv")]
     x = verify.default_input(model, batch, 7)
     shapes = verify.infer_shapes(model, (1, *x.shape[1:]))
     chunk = verify.default_chunk(model, shapes)

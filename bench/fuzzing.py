@@ -1402,7 +1402,7 @@ def _register_mindspore(s: Setup) -> None:
 
 @target_family("manifest")
 def _register_manifest(s: Setup) -> None:
-    from senet_hub import manifest as man
+    from senet_hub.hub import manifest as man
 
     loader = man.load
     seed_path = ROOT / "weights_manifest.yaml"
@@ -1416,7 +1416,7 @@ def _register_manifest(s: Setup) -> None:
     seeds = [small, "schema_version: 1\nmodels: []\n"]
     # mem_abs: the loader reads with f.read(limit + 1), which reserves its 1 MiB limit up front
     register(Target("manifest_yaml", ".yaml", lambda path: loader(path), YamlMutator(seeds, s.big), mem_factor=64, mem_abs=3 << 20,
-                    weight=0.5, note="senet_hub.manifest.load"))  # fmt: skip
+                    weight=0.5, note="senet_hub.hub.manifest.load"))  # fmt: skip
 
 
 # -------------------------------------------------------------------------------- the runner

@@ -2,7 +2,7 @@
 and writing. The file format itself (``read_ckpt_tensors`` / ``write_ckpt_tensors``, no MindSpore
 needed) is ``mindspore_format``; its names are importable from here too.
 
-Names: the canonical graph of a MindCV architecture (``senet_hub.zoo_mindcv.expand``) keeps
+Names: the canonical graph of a MindCV architecture (``senet_hub.zoo.expand``, family mindcv) keeps
 each parametrised node's MindCV cell in ``node.source[0]``; the mapping is derived from it:
 
     conv            <cell>.weight (O, I, kh, kw)                     canonical <node>.weight
@@ -100,10 +100,10 @@ def _network_entries(tensors: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarr
 
 
 def _expected(arch: str, num_classes: int | None) -> tuple[Any, dict[str, tuple[str, tuple[int, ...], str]]]:
-    from senet_hub import zoo_mindcv
+    from senet_hub import zoo
 
-    g = zoo_mindcv.expand(arch, num_classes)
-    shapes = zoo_mindcv._param_shapes(g)
+    g = zoo.expand(arch, num_classes)
+    shapes = zoo.graph_param_shapes(g)
     exp = {}
     for ck, mk, kind in mindcv_names(g):
         shp = shapes[ck]
@@ -137,21 +137,23 @@ def _summary(problems: list[str], n: int = 4) -> str:
 def infer_arch(tensors: dict[str, np.ndarray]) -> tuple[str | None, list[tuple[str, list[str]]]]:
     """The MindCV architecture the entries fit exactly (None unless exactly one), and every
     candidate's mismatches, best first."""
-    from senet_hub import zoo_mindcv
+    from senet_hub import zoo
 
     net, _ = _network_entries(tensors)
-    scored = sorted(((a, mismatches(net, a)) for a in zoo_mindcv.list_archs()), key=lambda t: len(t[1]))
+    scored = sorted(((a, mismatches(net, a)) for a in zoo.list_archs("mindcv")), key=lambda t: len(t[1]))
     exact = [a for a, m in scored if not m]
     return (exact[0] if len(exact) == 1 else None), scored
 
 
 def from_mindcv(tensors: dict[str, np.ndarray], arch: str, path: str = "<tensors>") -> Any:
     """Canonical Model of MindCV `arch` from checkpoint entries (MindCV names)."""
-    from senet_hub import zoo_mindcv
+    from senet_hub import zoo
     from senet_hub.graph import Model, validate
 
-    if not zoo_mindcv.is_arch(arch):
-        raise SenetHubError(f"unknown MindCV architecture '{arch}'; choose one of {', '.join(zoo_mindcv.list_archs())}")
+    if not zoo.is_arch(arch, "mindcv"):
+        raise SenetHubError(
+            f"unknown MindCV architecture '{arch}'; choose one of {', '.join(zoo.list_archs('mindcv'))}"
+        )
     net, other = _network_entries(tensors)
     problems = mismatches(net, arch)
     if problems:
@@ -170,7 +172,7 @@ def from_mindcv(tensors: dict[str, np.ndarray], arch: str, path: str = "<tensors
         a = a.astype(np.float32, copy=False)
         weights[ck] = a.reshape(*a.shape, 1, 1) if kind == "dense" else a
     meta = {
-        **zoo_mindcv.meta(arch, ncls),
+        **zoo.meta(arch, ncls),
         "source_format": "mindspore",
         "source_files": {"ckpt": os.path.basename(path)},
         "source_paths": {"ckpt": os.path.abspath(path)} if os.path.exists(path) else {},
@@ -211,12 +213,12 @@ def load_ckpt(path: str | os.PathLike, arch: str | None = None) -> Any:
 
 def to_mindcv(model: Any) -> dict[str, np.ndarray]:
     """MindCV-named float32 tensors of a model of a MindCV architecture, in MindCV's order."""
-    from senet_hub import zoo_mindcv
+    from senet_hub import zoo
     from senet_hub.graph import infer_shapes, structure
 
     arch = model.arch
     ncls = model.graph.node(model.graph.output).attrs.get("out_features") if model.graph.output else None
-    ref = zoo_mindcv.expand(arch, ncls, model.graph.input_shape[-1])
+    ref = zoo.expand(arch, ncls, model.graph.input_shape[-1])
     got, want = structure(model.graph), structure(ref)
     if got != want or [n.name for n in model.graph.nodes] != [n.name for n in ref.nodes]:
         for i, (a, b) in enumerate(
@@ -258,12 +260,12 @@ def save_ckpt(model: Any, path: str | os.PathLike, crc: bool = False, metadata: 
     stored as one string entry, ``senet_hub_metadata`` (JSON), last: MindSpore's load_checkpoint
     returns it as a str and load_param_into_net leaves it out; read it with read_metadata.
     """
-    from senet_hub import zoo_mindcv
+    from senet_hub import zoo
     from senet_hub.graph import infer_shapes
 
     from .pth import check_weights_only
 
-    if zoo_mindcv.is_arch(model.arch):
+    if zoo.is_arch(model.arch, "mindcv"):
         tensors = to_mindcv(model)  # refuses any graph that is not MindCV's, an input stage included
     else:
         check_weights_only(model, "a MindSpore checkpoint")

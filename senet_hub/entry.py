@@ -1,7 +1,7 @@
 """The `senet-hub` console script: the CLI, with Ctrl-C caught from the first instruction.
 
 Importing the CLI (click, numpy) takes ~0.1-0.3 s; a Ctrl-C in that window would otherwise
-print a traceback, because the CLI's own handler (cli._Group) is not running yet.
+print a traceback, because the CLI's own handler (cli.app._Group) is not running yet.
 """
 
 from __future__ import annotations

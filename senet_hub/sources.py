@@ -51,7 +51,7 @@ def load_model(
 def ensure_hashes(model: Model) -> Model:
     """Fill meta["source_sha256"] from the source files (done only for outputs that record it)."""
     if "source_sha256" not in model.meta and model.meta.get("source_paths"):
-        from .cache import sha256_file
+        from .hub.integrity import sha256_file
 
         model.meta["source_sha256"] = {
             k: sha256_file(p) for k, p in model.meta["source_paths"].items() if os.path.exists(p)
@@ -151,9 +151,9 @@ def timm_pool_deviation(model: Model) -> float:
 
 def warn_timm_mismatch(model: Model, say: Callable[[str], None]) -> None:
     """A MindCV .pth loads by name into timm's seresnet* but pools differently there: say how much."""
-    from . import zoo_mindcv
+    from . import zoo
 
-    if not zoo_mindcv.is_arch(model.arch) or model.arch not in TIMM_OF_MINDCV:
+    if not zoo.is_arch(model.arch, "mindcv") or model.arch not in TIMM_OF_MINDCV:
         return
     dev = timm_pool_deviation(model)
     say(

@@ -10,13 +10,14 @@ import subprocess
 import sys
 import threading
 import urllib.parse
+from importlib import resources
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from senet_hub import cache, manifest
 from senet_hub.errors import ChecksumError, DownloadError, FormatError, SenetHubError
+from senet_hub.hub import cache, download, integrity, manifest
 
 DATA = os.urandom(150_000) + b"end-of-weights"
 OTHER = b"x" * 1000
@@ -219,7 +220,7 @@ def test_bad_manifest(tmp_path, monkeypatch, text, match):
 
 
 def test_manifest_missing_key_names_model(tmp_path, monkeypatch):
-    good = (Path(manifest.__file__).parent / "weights_manifest.yaml").read_text()
+    good = (resources.files("senet_hub.hub") / "weights_manifest.yaml").read_text()
     text = good.replace("    license: Apache-2.0\n    origin: MindCV", "    origin: MindCV", 1)
     p = tmp_path / "m.yaml"
     p.write_text(text)
@@ -294,15 +295,15 @@ def test_google_drive_confirmation(env, server):
 
 def test_confirm_url_variants():
     old = '<html><a id="uc-download-link" href="/uc?export=download&amp;confirm=AbC1&amp;id=XYZ">Download anyway</a></html>'
-    assert cache.confirm_url("https://drive.google.com/uc?export=download&id=XYZ", old) == (
+    assert download.confirm_url("https://drive.google.com/uc?export=download&id=XYZ", old) == (
         "https://drive.google.com/uc?export=download&confirm=AbC1&id=XYZ"
     )
     bare = "<html>... download_warning ... confirm=t0k&uuid=u-1 ...</html>"
-    got = urllib.parse.urlsplit(cache.confirm_url("https://h/uc?export=download&id=Q", bare))
+    got = urllib.parse.urlsplit(download.confirm_url("https://h/uc?export=download&id=Q", bare))
     assert dict(urllib.parse.parse_qsl(got.query)) == {"export": "download", "id": "Q", "confirm": "t0k", "uuid": "u-1"}
-    assert cache.confirm_url("https://h/x", "<html>sign in</html>") is None
+    assert download.confirm_url("https://h/x", "<html>sign in</html>") is None
     assert (
-        cache.normalize_url("https://drive.google.com/file/d/0BwHV3/view")
+        download.normalize_url("https://drive.google.com/file/d/0BwHV3/view")
         == "https://drive.google.com/uc?export=download&id=0BwHV3"
     )
 
@@ -331,13 +332,13 @@ def test_all_mirrors_fail_one_line(env, server):
 
 def test_url_override(monkeypatch):
     monkeypatch.setenv("SENET_HUB_URL_OVERRIDE", json.dumps({"https://drive.google.com/": "http://127.0.0.1:9/gd/"}))
-    auto, manual = cache.candidate_urls(
+    auto, manual = download.candidate_urls(
         {"urls": ["https://drive.google.com/file/d/ID1/view"], "mirrors": ["https://pan.baidu.com/s/1x"]}
     )
     assert auto == ["http://127.0.0.1:9/gd/uc?export=download&id=ID1"] and manual == ["https://pan.baidu.com/s/1x"]
     monkeypatch.setenv("SENET_HUB_URL_OVERRIDE", "{bad")
     with pytest.raises(SenetHubError, match="not valid JSON"):
-        cache.candidate_urls({"urls": []})
+        download.candidate_urls({"urls": []})
 
 
 def test_corrupted_cached_file_detected(env, server):
@@ -349,7 +350,7 @@ def test_corrupted_cached_file_detected(env, server):
 
 def test_prefix_and_first_download_record(env, server, capsys):
     p = cache.fetch("T-Prefix", progress=False)["weights"]
-    assert cache.read_sidecar(p) == SHA  # full hash recorded after the prefix matched
+    assert integrity.read_sidecar(p) == SHA  # full hash recorded after the prefix matched
     with pytest.raises(ChecksumError, match=f"starting {SHA[:8]}"):
         cache.fetch("T-PrefixBad", progress=False)
     capsys.readouterr()

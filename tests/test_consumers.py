@@ -45,9 +45,9 @@ def r50rgb(r50):
 
 
 def _small(seed: int = 0, num_classes: int | None = None):
-    from senet_hub import zoo_mindcv
+    from senet_hub import zoo
 
-    m = zoo_mindcv.synthetic_model("seresnet18", seed=seed, num_classes=num_classes)
+    m = zoo.synthetic_model("seresnet18", seed=seed, num_classes=num_classes)
     m.graph.input_shape = (1, 3, 64, 64)  # MindCV's "same" stem pool pads (0, 0, 1, 1) at 64 too
     return m
 

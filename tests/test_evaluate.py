@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from senet_hub import evaluate as ev
 from senet_hub.errors import FormatError, InputFileError
 from senet_hub.graph import Graph, Model, Node
+from senet_hub.hub import evaluate as ev
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
@@ -203,7 +203,7 @@ TORCHRUN_SCRIPT = """\
 import sys
 sys.path.insert(0, {tests!r})
 import test_evaluate as te
-from senet_hub import evaluate as ev
+from senet_hub.hub import evaluate as ev
 ev.load_model = lambda *a, **k: (te.color_model(), None)
 from senet_hub.cli import main
 main({args!r}, prog_name="senet-hub")

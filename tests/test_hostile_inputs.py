@@ -177,7 +177,7 @@ def test_other_readers_refuse_fifos(tmp_path, monkeypatch):
     image of an evaluate data folder are refused when they are FIFOs (each blocked in open() before)."""
     import fuzzing
 
-    from senet_hub import evaluate, manifest
+    from senet_hub.hub import evaluate, manifest
 
     fifo = tmp_path / "x.fifo"
     os.mkfifo(fifo)

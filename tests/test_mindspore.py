@@ -14,11 +14,12 @@ import stat
 import numpy as np
 import pytest
 
-from senet_hub import zoo_mindcv
+from senet_hub import zoo
 from senet_hub.builders import numpy_ref
 from senet_hub.converters import mindspore as msc
 from senet_hub.converters import mindspore_format
 from senet_hub.errors import FormatError, InputFileError, ModelError, OutputError
+from senet_hub.zoo import mindcv as zoo_mindcv_family
 
 ARCHS = ["seresnet18", "seresnet34", "seresnet50", "seresnext26_32x4d", "seresnext50_32x4d"]
 HAVE_MS = importlib.util.find_spec("mindspore") is not None and importlib.util.find_spec("mindcv") is not None
@@ -133,7 +134,7 @@ def test_writer_from_other_weights(tmp_path):
     import mindcv
     import mindspore as ms
 
-    model = zoo_mindcv.synthetic_model("seresnext26_32x4d", seed=3)
+    model = zoo.synthetic_model("seresnext26_32x4d", seed=3)
     out = str(tmp_path / "syn.ckpt")
     msc.save_ckpt(model, out)
     net = mindcv.create_model("seresnext26_32x4d", pretrained=False)
@@ -180,15 +181,15 @@ def test_description_matches_mindcv_parameters(arch):
     assert list(exp) == list(want)  # same names, in MindCV's order
     assert {k: v[1] for k, v in exp.items()} == want
     trainable = sum(math.prod(p.shape) for p in net.trainable_params())
-    assert zoo_mindcv.describe(arch)["params"] == trainable
+    assert zoo.describe(arch)["params"] == trainable
 
 
 # ------------------------------------------------------------------------ zoo descriptions
 
 
 def test_descriptions():
-    assert zoo_mindcv.list_archs() == ARCHS
-    g = zoo_mindcv.expand("seresnet18")
+    assert zoo.list_archs("mindcv") == ARCHS
+    g = zoo.expand("seresnet18")
     pool = g.node("maxpool")
     assert pool.op == "max_pool"
     assert pool.attrs == {
@@ -201,13 +202,13 @@ def test_descriptions():
     assert g.node("layer1.0.se.fc1").attrs["out_channels"] == 8  # make_divisible(64 / 16, 8), not 4
     assert g.node("layer2.0.conv1").attrs["stride"] == (2, 2)  # basic block: stride on the first 3x3
     assert g.node("bn1").attrs["eps"] == 1e-5
-    g50 = zoo_mindcv.expand("seresnext50_32x4d")
+    g50 = zoo.expand("seresnext50_32x4d")
     c2 = g50.node("layer2.0.conv2")
     assert (c2.attrs["stride"], c2.attrs["groups"], c2.attrs["out_channels"]) == ((2, 2), 32, 256)
     assert g50.node("layer2.0.conv1").attrs["stride"] == (1, 1)
     assert g50.node("layer2.0.add").inputs == ["layer2.0.se.gate", "layer2.0.bn3", "layer2.0.downsample.1"]
-    assert zoo_mindcv.same_pad(112, 3, 2) == (0, 1) and zoo_mindcv.same_pad(113, 3, 2) == (1, 1)
-    shapes = zoo_mindcv.param_shapes("seresnet50")
+    assert zoo_mindcv_family.same_pad(112, 3, 2) == (0, 1) and zoo_mindcv_family.same_pad(113, 3, 2) == (1, 1)
+    shapes = zoo.param_shapes("seresnet50")
     # timm seresnet50 state_dict names
     for key in ("conv1.weight", "bn1.running_var", "layer1.0.se.fc1.weight", "layer1.0.downsample.0.weight", "fc.bias"):
         assert key in shapes
@@ -335,7 +336,7 @@ def _ckpt_of(model) -> dict[str, np.ndarray]:
 
 
 def test_load_float16_and_training_extras(tmp_path):
-    model = zoo_mindcv.synthetic_model("seresnet18", seed=1)
+    model = zoo.synthetic_model("seresnet18", seed=1)
     t = {k: v.astype(np.float16) for k, v in _ckpt_of(model).items()}
     t |= {"moments.layer0.0.weight": t["layer0.0.weight"], "learning_rate": np.array(0.1, np.float32)}
     t["global_step"] = np.array([100], np.int32)
@@ -352,7 +353,7 @@ def test_load_float16_and_training_extras(tmp_path):
 
 
 def test_wrong_arch_lists_mismatches(tmp_path):
-    model = zoo_mindcv.synthetic_model("seresnet18", seed=1)
+    model = zoo.synthetic_model("seresnet18", seed=1)
     p = msc.write_ckpt_tensors(_ckpt_of(model), tmp_path / "r18.ckpt")
     with pytest.raises(ModelError) as e:
         msc.load_ckpt(p, arch="seresnet50")
@@ -376,7 +377,7 @@ def test_wrong_arch_lists_mismatches(tmp_path):
 
 
 def test_other_num_classes(tmp_path):
-    model = zoo_mindcv.synthetic_model("seresnet34", seed=2, num_classes=10)
+    model = zoo.synthetic_model("seresnet34", seed=2, num_classes=10)
     p = msc.save_ckpt(model, tmp_path / "ten.ckpt")
     m = msc.load_ckpt(p)
     assert m.arch == "seresnet34" and m.meta["num_classes"] == 10 and m.meta["class_order"] == "unknown"
@@ -387,7 +388,7 @@ def test_other_num_classes(tmp_path):
 def test_save_refuses_changed_graph_and_writes_atomically(tmp_path):
     from senet_hub.graph import Node
 
-    model = zoo_mindcv.synthetic_model("seresnet18", seed=1)
+    model = zoo.synthetic_model("seresnet18", seed=1)
     bad = model.copy()
     bad.graph.nodes.insert(
         0, Node("input_norm", "input_norm", ["data"], {"perm": [2, 1, 0], "scale": [1.0] * 3, "shift": [0.0] * 3})
@@ -402,7 +403,7 @@ def test_save_refuses_changed_graph_and_writes_atomically(tmp_path):
 
 
 def test_generic_model_gets_mindspore_bn_names(tmp_path):
-    model = zoo_mindcv.synthetic_model("seresnet18", seed=1)
+    model = zoo.synthetic_model("seresnet18", seed=1)
     model.meta["arch"] = "custom"
     t = msc.read_ckpt_tensors(msc.save_ckpt(model, tmp_path / "g.ckpt"))
     assert "bn1.gamma" in t and "bn1.moving_variance" in t and "layer1.0.se.fc1.weight" in t

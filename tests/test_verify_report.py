@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from senet_hub import evaluate
 from senet_hub.cli import main
+from senet_hub.hub import evaluate
 
 PIL = pytest.importorskip("PIL", reason="Pillow is part of the report extra")  # third-party, not ours
 from PIL import Image  # noqa: E402

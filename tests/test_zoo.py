@@ -246,11 +246,15 @@ def test_custom_graph_is_left_alone():
 
 
 def test_mindcv_family_through_the_zoo():
-    from senet_hub import zoo_mindcv
+    from senet_hub.zoo import mindcv as mindcv_family
 
+    mindcv = ["seresnet18", "seresnet34", "seresnet50", "seresnext26_32x4d", "seresnext50_32x4d"]
+    assert zoo.list_archs("mindcv") == mindcv and not any(zoo.is_arch(a, "caffe") for a in mindcv)
+    assert zoo.list_archs("caffe") + mindcv == zoo.list_archs()
     for arch in ("seresnet18", "seresnext26_32x4d"):
-        assert structure(zoo.expand(arch)) == structure(zoo_mindcv.expand(arch))
-        assert zoo.identify(zoo_mindcv.expand(arch)) == arch
+        # the zoo expands a MindCV arch through the family module's own function, once
+        assert structure(zoo.expand(arch)) == structure(mindcv_family.expand(zoo.description(arch)))
+        assert zoo.identify(zoo.expand(arch)) == arch
         assert zoo.describe(arch)["family"] == "MindCV SENet"
     m = zoo.synthetic_model("seresnet18")
     assert m.meta["input_convention"]["channel_order"] == "RGB" and m.meta["arch"] == "seresnet18"

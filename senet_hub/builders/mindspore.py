@@ -84,13 +84,13 @@ def build(model: Model) -> MindCVNet:
     import mindcv
     import mindspore as ms
 
-    from .. import zoo_mindcv
+    from .. import zoo
     from ..converters.mindspore import to_mindcv
 
     m, pre = _strip_input_norm(model)
-    if not zoo_mindcv.is_arch(m.arch):
+    if not zoo.is_arch(m.arch, "mindcv"):
         raise UnsupportedError(
-            f"the mindspore backend runs MindCV architectures ({', '.join(zoo_mindcv.list_archs())}); "
+            f"the mindspore backend runs MindCV architectures ({', '.join(zoo.list_archs('mindcv'))}); "
             f"this model is '{m.arch}'"
         )
     params = to_mindcv(m)
@@ -109,7 +109,7 @@ def build(model: Model) -> MindCVNet:
 
 
 def _check_pool(native: MindCVNet, shapes: dict[str, tuple[int, ...]]) -> None:
-    from ..zoo_mindcv import same_pad
+    from ..zoo.mindcv import same_pad
 
     for n in native.model.graph.nodes:
         if n.op == "max_pool":

@@ -17,13 +17,13 @@ from .core import Job, _check_tensors, _first_line, _logits_node, register
     description="mindcv.create_model(arch) + mindspore.load_checkpoint/load_param_into_net strict; per cell",
 )
 def _run_mindcv(job: Job) -> dict[str, np.ndarray]:
-    from .. import zoo_mindcv
+    from .. import zoo
     from ..converters import mindspore as msc
 
     m = job.model
-    if not zoo_mindcv.is_arch(m.arch):
+    if not zoo.is_arch(m.arch, "mindcv"):
         raise UnsupportedError(
-            f"{job.path}: mindcv has no network for '{m.arch}' (it has {', '.join(zoo_mindcv.list_archs())})"
+            f"{job.path}: mindcv has no network for '{m.arch}' (it has {', '.join(zoo.list_archs('mindcv'))})"
         )
     tensors, _ = msc._network_entries(msc.read_ckpt_tensors(job.path))
     want = {k: tuple(v.shape) for k, v in msc.to_mindcv(m).items()}

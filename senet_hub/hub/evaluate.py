@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from .converters.wire import open_regular, read_bytes
-from .errors import FormatError, InputFileError, ModelError, SenetHubError
+from ..converters.wire import open_regular, read_bytes
+from ..errors import FormatError, InputFileError, ModelError, SenetHubError
 
 MAX_LABEL_BYTES = 64 << 20  # a label file is 'name label' lines: ImageNet's 50,000 take ~1 MB
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff", ".gif")
@@ -196,7 +196,7 @@ def class_map(model_order: str | None, label_order: str, num_classes: int) -> np
         )
     if num_classes != 1000:
         raise SenetHubError(f"class orders are defined for 1000 ImageNet classes; the model has {num_classes}")
-    from .transforms import class_permutation
+    from ..transforms import class_permutation
 
     perm = class_permutation()  # perm[senet index] = sorted index
     return perm if model_order == "senet" else np.argsort(perm)
@@ -219,7 +219,7 @@ class Dist:
         try:
             import torch.distributed as td
         except ImportError:
-            from .errors import MissingFrameworkError
+            from ..errors import MissingFrameworkError
 
             raise MissingFrameworkError(
                 "WORLD_SIZE > 1 needs torch.distributed: pip install 'senet-hub[torch]'"
@@ -273,7 +273,7 @@ def evaluate(
     Under `dist` each rank scores samples[rank::world] and the counts are summed; every rank
     returns the same totals.
     """
-    from . import builders
+    from .. import builders
 
     if batch_size < 1:
         raise SenetHubError(f"--batch-size must be at least 1, got {batch_size}")
@@ -376,7 +376,7 @@ def load_model(
 
     entry = manifest.get(model_id)
     if synthetic:
-        from . import zoo
+        from .. import zoo
 
         model = zoo.synthetic_model(entry["architecture"], seed=seed)
         model.meta.setdefault("input_convention", dict(entry["input_convention"]))
@@ -453,7 +453,7 @@ def run(
 
 
 def _num_classes(model: Any) -> int:
-    from .graph import infer_shapes
+    from ..graph import infer_shapes
 
     shapes = infer_shapes(model)
     shp = shapes[model.graph.output]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InputFileError, MissingFrameworkError
+from ..errors import InputFileError, MissingFrameworkError
 
 MAX_IMAGE_BYTES = 256 << 20  # a photo is a few MB; a larger "image" is refused before it is read
 

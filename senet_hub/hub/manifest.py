@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .errors import FormatError, InputFileError, SenetHubError
+from ..errors import FormatError, InputFileError, SenetHubError
 
 SCHEMA_VERSION = 1
 ENV_MANIFEST = "SENET_HUB_MANIFEST"
@@ -41,7 +41,6 @@ REQUIRED_MODEL_KEYS = (
     "license",
     "origin",
 )
-SOURCE_FORMATS = ("caffe", "mindspore", "pytorch")
 CLASS_ORDERS = ("senet", "ilsvrc2012")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -109,13 +108,20 @@ def safe_load_guarded(text: str) -> Any:
         loader.dispose()
 
 
+def file_sources() -> list[str]:
+    """The registered sources a manifest entry can name: those that read files (not the synthetic zoo)."""
+    from .. import formats
+
+    return [s.name for s in formats.sources() if any(o.file for o in s.options)]
+
+
 def manifest_path() -> str:
     """The manifest in use: $SENET_HUB_MANIFEST, else the one shipped in the package."""
-    return os.environ.get(ENV_MANIFEST) or str(resources.files("senet_hub") / "weights_manifest.yaml")
+    return os.environ.get(ENV_MANIFEST) or str(resources.files("senet_hub.hub") / "weights_manifest.yaml")
 
 
 def _read_packaged() -> bytes:
-    ref = resources.files("senet_hub") / "weights_manifest.yaml"
+    ref = resources.files("senet_hub.hub") / "weights_manifest.yaml"
     try:
         return ref.read_bytes()
     except OSError as e:
@@ -124,7 +130,7 @@ def _read_packaged() -> bytes:
 
 def _read_file(path: str) -> bytes:
     """$SENET_HUB_MANIFEST's bytes: a regular file only (a FIFO would block forever), size-capped."""
-    from .converters.wire import check_unchanged, open_regular
+    from ..converters.wire import check_unchanged, open_regular
 
     try:
         f, st = open_regular(path, "manifest")
@@ -310,8 +316,9 @@ def validate(data: Any, path: str) -> dict:
         if mid.lower() in seen:
             raise _fail(path, f"model '{mid}'", "duplicate id")
         seen.add(mid.lower())
-        if m["source_format"] not in SOURCE_FORMATS:
-            raise _fail(path, f"model '{mid}'", f"source_format must be one of {', '.join(SOURCE_FORMATS)}")
+        readers = file_sources()
+        if m["source_format"] not in readers:
+            raise _fail(path, f"model '{mid}'", f"source_format must be one of {', '.join(readers)}")
         if m["class_order"] not in CLASS_ORDERS:
             raise _fail(path, f"model '{mid}'", f"class_order must be one of {', '.join(CLASS_ORDERS)}")
         files = m["files"]

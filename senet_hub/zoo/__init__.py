@@ -5,44 +5,25 @@ Descriptions live in YAML files of the ``senet_hub.zoo_data`` package (``referen
 (``mindcv_zoo.yaml``: the five MindCV SENets). A file names its ``family``; a family is an
 expander registered with ``@register_family(name)`` that turns one description (defaults merged
 in, ``id`` added) into a ``Graph``. More files can be added at run time with
-``add_descriptions(path)``, more families with ``register_family``.
+``add_descriptions(path)``, more families with ``register_family``. The two built-in families
+are modules of this package: ``zoo.caffe`` (the Caffe release) and ``zoo.mindcv`` (MindCV's
+retrained SENets), both built with ``zoo.builder.GraphBuilder``; they register when the
+descriptions are first loaded. Every family shares this module's API and its one synthetic
+weight rule.
 
 Public API::
 
-    list_archs()                  -> ["SE-BN-Inception", ..., "seresnext50_32x4d"]
+    list_archs(family=None)       -> ["SE-BN-Inception", ..., "seresnext50_32x4d"]
+    is_arch(arch, family=None)    -> whether the zoo (or that family) describes arch
     description(arch)             -> the merged description (a copy)
-    expand(arch)                  -> Graph with canonical node names
+    expand(arch, num_classes=None, input_size=None) -> Graph with canonical node names
+    meta(arch, num_classes=None)  -> the Model meta of an expansion (arch, family, convention ...)
+    graph_param_shapes(graph)     -> {weight key: shape}; trainable_params(graph) -> count
     describe(arch)                -> description + derived facts (params, input size, family, ...)
     identify(graph)               -> arch id whose expansion has the same graph.structure(), or None
     canonicalize(model)           -> model renamed by position to canonical names, meta["arch"] set
     synthetic_weights(graph, seed)-> deterministic float32 weights (numpy only)
-    synthetic_model(arch, seed)   -> Model(expand(arch), synthetic weights, meta)
-
-The "caffe" family reproduces exactly what ``senet_hub.converters.caffe`` makes of the released
-prototxts (node order = Caffe layer order, BatchNorm + Scale = one ``batch_norm``, in-place
-layers resolved), with canonical names and each node's Caffe layer names as ``source``.
-
-Canonical names (Cadene pretrainedmodels / timm ``legacy_senet.py``, so a PyTorch state_dict of
-the canonical weights loads into ``legacy_seresnet50`` and friends), Caffe names for stage
-S = 2..5, block B = 1..n, i.e. ``layer{S-1}.{B-1}`` and ``conv{S}_{B}``::
-
-    layer0.conv1 / bn1 / relu1 (/ conv2 .. relu3)   stem (per description), layer0.pool
-    layerL.i.conv1, bn1, relu1        conv{S}_{B}_1x1_reduce (+ /bn, /bn/scale), ..._1x1_reduce/relu
-    layerL.i.conv2, bn2, relu2        conv{S}_{B}_3x3 ...
-    layerL.i.conv3, bn3               conv{S}_{B}_1x1_increase ...
-    layerL.i.se_module.avg_pool       conv{S}_{B}_global_pool
-    layerL.i.se_module.fc1, relu      conv{S}_{B}_1x1_down, conv{S}_{B}_1x1_down/relu
-    layerL.i.se_module.fc2, sigmoid   conv{S}_{B}_1x1_up, conv{S}_{B}_prob
-    layerL.i.downsample.0, .1         conv{S}_{B}_1x1_proj (+ /bn, /bn/scale)
-    layerL.i.axpy, relu               conv{S}_{B} (Axpy), conv{S}_{B}/relu
-    avg_pool, dropout, last_linear, prob     pool5/7x7_s1, pool5/dropout_7x7_s1, classifier, prob
-
-SE-BN-Inception has no standard PyTorch port; its names are the Caffe names with '/' -> '.'
-and one container per conv unit: ``inception_3a.1x1.conv`` / ``.bn`` / ``.relu`` (Caffe
-``inception_3a/1x1``, ``/bn``, ``/bn/scale``, ``inception_3a/relu_1x1``), ``inception_3a.pool``,
-``inception_3a.concat``, ``inception_3a.se_module.{avg_pool,fc1,relu,fc2,sigmoid,reshape}``
-(``inception_3a_global_pool``, ``_1x1_down``, ``_1x1_down/relu``, ``_1x1_up``, ``_prob``,
-``_prob_reshape``) and ``inception_3a.scale`` (``inception_3a_scale``, the two-bottom Scale).
+    synthetic_model(arch, seed, num_classes=None) -> Model(expand(...), synthetic weights, meta)
 """
 
 from __future__ import annotations
@@ -58,8 +39,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .errors import SenetHubError
-from .graph import Graph, Model, Node, expected_params, output_shape, rename, structure
+from ..errors import SenetHubError
+from ..graph import Graph, Model, expected_params, output_shape, rename, structure
 
 DATA_PACKAGE = "senet_hub.zoo_data"
 PRIMARY_YAML = "caffe_zoo.yaml"
@@ -104,6 +85,7 @@ def register_family(
 
 
 def families() -> list[str]:
+    _ensure_loaded()
     return list(_FAMILIES)
 
 
@@ -145,6 +127,8 @@ def _ensure_loaded() -> None:
     if _loaded:
         return
     _loaded = True
+    from . import caffe, mindcv  # noqa: F401  (the built-in families register themselves)
+
     pkg = resources.files(DATA_PACKAGE)
     names = [PRIMARY_YAML] + sorted(
         p.name for p in pkg.iterdir() if p.name.endswith("_zoo.yaml") and p.name != PRIMARY_YAML
@@ -169,17 +153,37 @@ def add_descriptions(path: str | os.PathLike) -> list[str]:
     return _register(_parse(_read(path), str(path)))
 
 
-def list_archs() -> list[str]:
+def list_archs(family: str | None = None) -> list[str]:
+    """Every described architecture in load order (only `family`'s when given)."""
     _ensure_loaded()
-    return list(_DESCRIPTIONS)
+    return [a for a, d in _DESCRIPTIONS.items() if family is None or d["family"] == family]
 
 
-def description(arch: str) -> dict[str, Any]:
-    """The merged description of one architecture (a copy; bookkeeping keys start with '_')."""
+def is_arch(arch: str | None, family: str | None = None) -> bool:
+    """Whether `arch` is described (and belongs to `family`, when given)."""
+    _ensure_loaded()
+    d = _DESCRIPTIONS.get(arch) if arch is not None else None
+    return d is not None and (family is None or d["family"] == family)
+
+
+def description(arch: str, num_classes: int | None = None, input_size: int | None = None) -> dict[str, Any]:
+    """The merged description of one architecture (a copy; bookkeeping keys start with '_').
+
+    `num_classes` / `input_size` override the described head width / input size (the class
+    order is then unknown unless the width is the described one: see meta()).
+    """
     _ensure_loaded()
     if arch not in _DESCRIPTIONS:
         raise SenetHubError(f"unknown architecture '{arch}'; known: {', '.join(_DESCRIPTIONS)}")
-    return copy.deepcopy(_DESCRIPTIONS[arch])
+    d = copy.deepcopy(_DESCRIPTIONS[arch])
+    # the described width, kept to tell an override from the described head (a family that has no
+    # classifier head, like a test's toy family, need not describe one)
+    d["_num_classes"] = int(d["num_classes"]) if "num_classes" in d else None
+    if num_classes:
+        d["num_classes"] = int(num_classes)
+    if input_size:
+        d["input_size"] = int(input_size)
+    return d
 
 
 def _family(d: dict[str, Any]) -> Family:
@@ -192,222 +196,10 @@ def _family(d: dict[str, Any]) -> Family:
     return fam
 
 
-def expand(arch: str) -> Graph:
+def expand(arch: str, num_classes: int | None = None, input_size: int | None = None) -> Graph:
     """The canonical Graph of an architecture (a fresh object on every call)."""
-    d = description(arch)
+    d = description(arch, num_classes, input_size)
     return _family(d).expand(d)
-
-
-# ------------------------------------------------------------------------ the Caffe SENet family
-
-
-class _Builder:
-    """Appends canonical nodes and tracks channel counts (for SE widths and shortcuts)."""
-
-    def __init__(self, input_name: str, channels: int) -> None:
-        self.nodes: list[Node] = []
-        self.channels: dict[str, int] = {input_name: channels}
-
-    def add(self, name: str, op: str, inputs: list[str], attrs: dict | None, source: list[str], c: int) -> str:
-        self.nodes.append(Node(name, op, list(inputs), dict(attrs or {}), list(source)))
-        self.channels[name] = c
-        return name
-
-    def conv(
-        self,
-        name: str,
-        src: str,
-        x: str,
-        out: int,
-        k: int,
-        s: int = 1,
-        pad: int | None = None,
-        groups: int = 1,
-        bias: bool = False,
-    ) -> str:
-        p = k // 2 if pad is None else pad
-        attrs = {
-            "out_channels": int(out),
-            "kernel": (k, k),
-            "stride": (s, s),
-            "pad": (p, p, p, p),
-            "dilation": (1, 1),
-            "groups": int(groups),
-            "bias": bias,
-        }
-        return self.add(name, "conv", [x], attrs, [src], int(out))
-
-    def bn(self, name: str, src: str, x: str, eps: float) -> str:
-        return self.add(name, "batch_norm", [x], {"eps": eps}, [f"{src}/bn", f"{src}/bn/scale"], self.channels[x])
-
-    def simple(self, name: str, op: str, src: str, x: str, attrs: dict | None = None) -> str:
-        return self.add(name, op, [x], attrs, [src], self.channels[x])
-
-    def pool(self, name: str, src: str, x: str, kind: str, k: int, s: int, p: int = 0) -> str:
-        attrs = {"kernel": (k, k), "stride": (s, s), "pad": (p, p, p, p), "ceil": True, "count_include_pad": True}
-        return self.simple(name, {"max": "max_pool", "avg": "avg_pool"}[kind], src, x, attrs)
-
-    def conv_bn_relu(
-        self, names: list[str], src: str, relu_src: str | None, x: str, out: int, k: int, s: int, eps: float, **kw: Any
-    ) -> str:
-        y = self.conv(names[0], src, x, out, k, s, **kw)
-        y = self.bn(names[1], src, y, eps)
-        return self.simple(names[2], "relu", relu_src, y) if relu_src else y
-
-    def se(self, prefix: str, src: str, x: str, reduction: int) -> str:
-        """squeeze -> fc1 (C/r) -> relu -> fc2 (C) -> sigmoid; returns the gate."""
-        c = self.channels[x]
-        if c % reduction:
-            raise SenetHubError(f"{prefix}: {c} channels are not divisible by the SE reduction {reduction}")
-        g = self.simple(f"{prefix}.avg_pool", "global_avg_pool", f"{src}_global_pool", x)
-        g = self.conv(f"{prefix}.fc1", f"{src}_1x1_down", g, c // reduction, 1, bias=True)
-        g = self.simple(f"{prefix}.relu", "relu", f"{src}_1x1_down/relu", g)
-        g = self.conv(f"{prefix}.fc2", f"{src}_1x1_up", g, c, 1, bias=True)
-        return self.simple(f"{prefix}.sigmoid", "sigmoid", f"{src}_prob", g)
-
-
-def _stem(b: _Builder, d: dict[str, Any], x: str, eps: float) -> str:
-    for item in d["stem"]:
-        if "conv" in item:
-            k = int(item["kernel"])
-            pad = int(item.get("pad", k // 2))
-            x = b.conv_bn_relu(
-                item["names"], item["conv"], item["relu"], x, item["out"], k, int(item.get("stride", 1)), eps, pad=pad
-            )
-        elif "max_pool" in item or "avg_pool" in item:
-            kind = "max" if "max_pool" in item else "avg"
-            src = item[f"{kind}_pool"]
-            x = b.pool(item["name"], src, x, kind, int(item["kernel"]), int(item["stride"]), int(item.get("pad", 0)))
-        else:
-            raise SenetHubError(f"{d['id']}: stem item {item} is neither a conv nor a pool")
-    return x
-
-
-def _bottleneck_unit(
-    b: _Builder,
-    c: str,
-    p: str,
-    i: int,
-    unit: str,
-    x: str,
-    out: int,
-    k: int,
-    s: int,
-    eps: float,
-    relu: bool = True,
-    groups: int = 1,
-) -> str:
-    """convI / bnI [/ reluI] of block c (canonical) = Caffe p_unit, p_unit/bn(/scale) [, p_unit/relu]."""
-    names = [f"{c}.conv{i}", f"{c}.bn{i}", f"{c}.relu{i}"]
-    src = f"{p}_{unit}"
-    return b.conv_bn_relu(names, src, f"{src}/relu" if relu else None, x, out, k, s, eps, groups=groups)
-
-
-def _bottleneck_stages(b: _Builder, d: dict[str, Any], x: str, eps: float) -> str:
-    r = int(d["se_reduction"])
-    groups = int(d.get("groups", 1))
-    stride_on = d["stride_on"]
-    if stride_on not in ("reduce", "3x3"):
-        raise SenetHubError(f"{d['id']}: stride_on must be 'reduce' or '3x3', not {stride_on!r}")
-    stages = zip(d["depths"], d["reduce"], d["width"], d["out"], d["strides"], d["downsample_kernel"])
-    for si, (depth, reduce_w, width, out, stride, dk) in enumerate(stages):
-        for bi in range(int(depth)):
-            c, p = f"layer{si + 1}.{bi}", f"conv{si + 2}_{bi + 1}"
-            s = int(stride) if bi == 0 else 1
-            s1, s3 = (s, 1) if stride_on == "reduce" else (1, s)
-            inp = x
-            y = _bottleneck_unit(b, c, p, 1, "1x1_reduce", inp, reduce_w, 1, s1, eps)
-            y = _bottleneck_unit(b, c, p, 2, "3x3", y, width, 3, s3, eps, groups=groups)
-            y = _bottleneck_unit(b, c, p, 3, "1x1_increase", y, out, 1, 1, eps, relu=False)
-            gate = b.se(f"{c}.se_module", p, y, r)
-            shortcut = inp
-            if s != 1 or b.channels[inp] != int(out):
-                k = int(dk)
-                shortcut = b.conv_bn_relu(
-                    [f"{c}.downsample.0", f"{c}.downsample.1"], f"{p}_1x1_proj", None, inp, out, k, s, eps
-                )
-            y = b.add(f"{c}.axpy", "axpy", [gate, y, shortcut], {}, [p], b.channels[y])
-            x = b.simple(f"{c}.relu", "relu", f"{p}/relu", y)
-    return x
-
-
-def _inception_modules(b: _Builder, d: dict[str, Any], x: str, eps: float) -> str:
-    cols = d["module_columns"]
-    r = int(d["se_reduction"])
-    for row in d["modules"]:
-        m = dict(zip(cols, row))
-        name, stride = m["name"], int(m["stride"])
-
-        def unit(u: str, inp: str, out: int, k: int, s: int = 1, _n: str = name) -> str:
-            return b.conv_bn_relu(
-                [f"{_n}.{u}.conv", f"{_n}.{u}.bn", f"{_n}.{u}.relu"], f"{_n}/{u}", f"{_n}/relu_{u}", inp, out, k, s, eps
-            )
-
-        branches = []
-        if int(m["1x1"]):
-            branches.append(unit("1x1", x, m["1x1"], 1))
-        y = unit("3x3_reduce", x, m["3x3_reduce"], 1)
-        branches.append(unit("3x3", y, m["3x3"], 3, stride))
-        y = unit("double3x3_reduce", x, m["double3x3_reduce"], 1)
-        y = unit("double3x3a", y, m["double3x3"], 3)
-        branches.append(unit("double3x3b", y, m["double3x3"], 3, stride))
-        if stride == 1:
-            y = b.pool(f"{name}.pool", f"{name}/pool", x, m["pool"], 3, 1, 1)
-        else:
-            y = b.pool(f"{name}.pool", f"{name}/pool/3x3_s2", x, m["pool"], 3, stride, 0)
-        branches.append(unit("pool_proj", y, m["pool_proj"], 1) if int(m["pool_proj"]) else y)
-        cat = b.add(
-            f"{name}.concat", "concat", branches, {"axis": 1}, [f"{name}/concat"], sum(b.channels[v] for v in branches)
-        )
-        gate = b.se(f"{name}.se_module", name, cat, r)
-        gate = b.simple(f"{name}.se_module.reshape", "reshape", f"{name}_prob_reshape", gate, {"shape": [0, 0]})
-        x = b.add(f"{name}.scale", "channel_scale", [cat, gate], {}, [f"{name}_scale"], b.channels[cat])
-    return x
-
-
-@register_family("caffe")
-def expand_caffe(d: dict[str, Any]) -> Graph:
-    """A Caffe-release SENet description -> the Graph the Caffe converter makes of its prototxt."""
-    eps = float(d["bn_eps"])
-    size = int(d["input_size"])
-    b = _Builder("data", 3)
-    x = _stem(b, d, "data", eps)
-    if d["block"] == "bottleneck":
-        x = _bottleneck_stages(b, d, x, eps)
-    elif d["block"] == "inception":
-        x = _inception_modules(b, d, x, eps)
-    else:
-        raise SenetHubError(f"{d['id']}: unknown block type {d['block']!r}")
-    head = d.get("head") or {}
-    x = b.pool("avg_pool", "pool5/7x7_s1", x, "avg", int(head.get("pool", 7)), 1)
-    if head.get("dropout") is not None:
-        x = b.simple("dropout", "dropout", "pool5/dropout_7x7_s1", x, {"ratio": float(head["dropout"])})
-    ncls = int(d["num_classes"])
-    x = b.add("last_linear", "linear", [x], {"out_features": ncls, "bias": True}, ["classifier"], ncls)
-    x = b.simple("prob", "softmax", "prob", x)
-    return Graph(b.nodes, "data", (1, 3, size, size), x)
-
-
-# ------------------------------------------------------------------ the MindCV family (adapter)
-
-
-def _mindcv_describe(d: dict[str, Any]) -> dict[str, Any]:
-    from . import zoo_mindcv
-
-    return zoo_mindcv.describe(d["id"])
-
-
-def _mindcv_meta(d: dict[str, Any]) -> dict[str, Any]:
-    from . import zoo_mindcv
-
-    return zoo_mindcv.meta(d["id"])
-
-
-@register_family("mindcv", describe=_mindcv_describe, meta=_mindcv_meta)
-def _expand_mindcv(d: dict[str, Any]) -> Graph:
-    from . import zoo_mindcv
-
-    return zoo_mindcv.expand(d["id"])
 
 
 # ------------------------------------------------------------------------- facts and recognition
@@ -425,22 +217,41 @@ def _shapes(graph: Graph) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[i
     return shapes, params
 
 
-def param_shapes(arch: str) -> dict[str, tuple[int, ...]]:
+def graph_param_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
+    """{weight key: shape} of a graph (no weights allocated)."""
+    return _shapes(graph)[1]
+
+
+def trainable_params(graph: Graph) -> int:
+    """The number of trained parameters (BatchNorm running statistics excluded)."""
+    return sum(
+        math.prod(s) for k, s in graph_param_shapes(graph).items() if not k.endswith(("running_mean", "running_var"))
+    )
+
+
+def param_shapes(arch: str, num_classes: int | None = None) -> dict[str, tuple[int, ...]]:
     """{canonical weight key: shape} of an architecture (no weights allocated)."""
-    return _shapes(expand(arch))[1]
+    return graph_param_shapes(expand(arch, num_classes))
 
 
 def _meta(d: dict[str, Any]) -> dict[str, Any]:
     fam = _family(d)
     if fam.meta is not None:
         return fam.meta(d)
+    ncls = int(d["num_classes"])
     return {
         "arch": d["id"],
         "family": d["family"],
         "input_convention": copy.deepcopy(d["input_convention"]),
-        "class_order": d["class_order"],
-        "num_classes": int(d["num_classes"]),
+        # the class order is known only for the described head (ImageNet-1k)
+        "class_order": d["class_order"] if ncls == d.get("_num_classes", ncls) else "unknown",
+        "num_classes": ncls,
     }
+
+
+def meta(arch: str, num_classes: int | None = None) -> dict[str, Any]:
+    """The Model meta of expand(arch, num_classes): arch, family, input convention, class order."""
+    return _meta(description(arch, num_classes))
 
 
 def describe(arch: str) -> dict[str, Any]:
@@ -451,8 +262,7 @@ def describe(arch: str) -> dict[str, Any]:
     if fam.describe is not None:
         return fam.describe(d)
     g = fam.expand(d)
-    _, params = _shapes(g)
-    trainable = sum(math.prod(s) for k, s in params.items() if not k.endswith(("running_mean", "running_var")))
+    trainable = trainable_params(g)
     public = {k: v for k, v in d.items() if not k.startswith("_") and k not in ("id", "family", "stem")}
     return {
         "id": arch,
@@ -623,9 +433,9 @@ def _input_scale(convention: dict[str, Any] | None) -> float:
     return 1.0
 
 
-def synthetic_model(arch: str, seed: int = 0) -> Model:
+def synthetic_model(arch: str, seed: int = 0, num_classes: int | None = None) -> Model:
     """expand(arch) with synthetic_weights (deterministic; for tests, demos and benchmarks)."""
-    d = description(arch)
+    d = description(arch, num_classes)
     g = _family(d).expand(d)
     meta = _meta(d)
     meta.update(arch=arch, source_format="synthetic", seed=int(seed))

@@ -1,92 +1,71 @@
-"""CLI commands for the released models: download, cache ls|verify|rm, evaluate.
+"""The released models' commands: ``download``, ``cache ls|verify|rm``, ``evaluate``.
 
-``register(main)`` adds them to the ``senet-hub`` group. Only click and the standard library are
-imported here; pooch, PIL, torch and the rest load inside the commands.
+Only click and the standard library are imported here; pooch, PIL, torch and the rest load inside
+the commands. The hub modules (cache, evaluate) are imported in one place, `_hub`, so a move of
+those modules is one edit.
 """
 
 from __future__ import annotations
 
-import json
+from types import ModuleType
 from typing import Any
 
 import click
 
-
-def _say(msg: str) -> None:
-    click.echo(msg, err=True)
-
-
-def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+from .app import emit_json, human, main, say
+from .options import json_flag, offline_option, progress_option
 
 
-def _human(n: int | None) -> str:
-    if n is None:
-        return "-"
-    v = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if v < 1000 or unit == "GB":
-            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
-        v /= 1000
-    return str(v)
+def _hub(name: str) -> ModuleType:
+    """senet_hub.hub.<name> (cache, evaluate), imported when a command runs."""
+    import importlib
+
+    return importlib.import_module(f"senet_hub.hub.{name}")
 
 
-_offline_opt = click.option(
-    "--offline",
-    is_flag=True,
-    default=None,
-    help="Never touch the network (also: SENET_HUB_OFFLINE=1); a missing file is an error saying where to place it.",
-)
-_progress_opt = click.option(
-    "--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal)."
-)
-
-
-@click.command()
+@main.command()
 @click.argument("models", nargs=-1, required=True, metavar="MODEL...")
-@_offline_opt
-@_progress_opt
+@offline_option
+@progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print {model: {role: path, sha256}} as JSON on stdout.")
 def download(models: tuple[str, ...], offline: bool | None, progress: bool | None, as_json: bool) -> None:
     """Download released models' files into the cache, checksum-verified.
 
     The cache is $SENET_HUB_HOME, else $XDG_CACHE_HOME/senet-hub (~/.cache/senet-hub).
     """
-    from . import cache
-
+    cache_mod = _hub("cache")
     out: dict[str, Any] = {}
     for m in models:
-        files = cache.fetch_files(m, offline=offline, progress=progress)
+        files = cache_mod.fetch_files(m, offline=offline, progress=progress)
         out[m] = {r: {"path": str(v["path"]), "sha256": v["sha256"]} for r, v in files.items()}
         if not as_json:
             for r, v in files.items():
                 click.echo(f"{m} {r}: {v['path']}")
     if as_json:
-        _emit_json(out)
+        emit_json(out)
 
 
-@click.group()
+@main.group()
 def cache() -> None:
     """Inspect, verify or clear the download cache."""
 
 
 @cache.command("ls")
 @click.argument("model", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_flag
 def cache_ls(model: str | None, as_json: bool) -> None:
     """Files of every model (or MODEL): cached or not, size, checksum kind."""
-    from . import cache as c
-
+    c = _hub("cache")
     rows = c.ls(model)
     if as_json:
-        _emit_json({"cache_dir": str(c.cache_dir()), "files": rows})
+        emit_json({"cache_dir": str(c.cache_dir()), "files": rows})
         return
     click.echo(f"cache: {c.cache_dir()}")
     partial: set[str] = set()
     for r in rows:
         state = "cached" if r["cached"] else "-"
         click.echo(
-            f"{r['model']:<20} {r['role']:<11} {state:<7} {_human(r['bytes']):>9}  {r['checksum']:<14} {r['file']}"
+            f"{r['model']:<20} {r['role']:<11} {state:<7} {human(r['bytes']):>9}  {r['checksum']:<14} {r['file']}"
         )
         partial.update(r["partial_downloads"])
     if partial:
@@ -97,16 +76,16 @@ def cache_ls(model: str | None, as_json: bool) -> None:
 
 @cache.command("verify")
 @click.argument("model", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_flag
 def cache_verify(model: str | None, as_json: bool) -> None:
     """Re-hash cached files against the manifest (or the hash recorded at first download)."""
-    from . import cache as c
-    from .errors import ChecksumError
+    from ..errors import ChecksumError
 
-    rows = c.verify_cache(model, log=_say)
+    c = _hub("cache")
+    rows = c.verify_cache(model, log=say)
     bad = [r for r in rows if r["status"] in ("mismatch", "error")]
     if as_json:
-        _emit_json({"cache_dir": str(c.cache_dir()), "files": rows, "ok": not bad})
+        emit_json({"cache_dir": str(c.cache_dir()), "files": rows, "ok": not bad})
     else:
         if not rows:
             click.echo(f"nothing cached in {c.cache_dir()}" + (f" for {model}" if model else ""))
@@ -123,20 +102,18 @@ def cache_verify(model: str | None, as_json: bool) -> None:
 @click.option("--all", "all_", is_flag=True, help="Remove the files of every model.")
 def cache_rm(model: str | None, all_: bool) -> None:
     """Delete MODEL's cached files (with their recorded checksums and partial downloads)."""
-    from . import cache as c
-
     if not model and not all_:
         raise click.UsageError("give a MODEL, or --all to clear the files of every model")
     if model and all_:
         raise click.UsageError("give a MODEL or --all, not both")
-    removed = c.rm(model)
+    removed = _hub("cache").rm(model)
     for p in removed:
-        _say(f"removed {p}")
+        say(f"removed {p}")
     if not removed:
-        _say("nothing to remove" + (f" for {model}" if model else ""))
+        say("nothing to remove" + (f" for {model}" if model else ""))
 
 
-@click.command()
+@main.command()
 @click.option("--model", "model_id", required=True, help="Released model id (see `senet-hub list`).")
 @click.option(
     "--backend",
@@ -166,8 +143,8 @@ def cache_rm(model: str | None, all_: bool) -> None:
 @click.option(
     "--workers", type=click.IntRange(min=1), default=None, help="Image decoding threads (default: CPUs, at most 8)."
 )
-@_offline_opt
-@_progress_opt
+@offline_option
+@progress_option
 @click.option(
     "--synthetic-weights",
     is_flag=True,
@@ -195,8 +172,7 @@ def evaluate(
     normalization. Data-parallel under torchrun, e.g.
       torchrun --nproc_per_node 4 -m senet_hub.cli evaluate --model SE-ResNet-50 --data DIR ...
     """
-    from . import evaluate as ev
-
+    ev = _hub("evaluate")
     res = ev.run(
         model_id,
         data,
@@ -213,23 +189,13 @@ def evaluate(
     if res is None:  # not rank 0
         return
     if res.get("labelled_files_missing"):
-        _say(
+        say(
             f"{res['labelled_files_missing']} files named in {res['labels']} are not in {res['data']}; evaluated the rest"
         )
-    _say(
+    say(
         f"evaluated {res['images']} images in {res['seconds']:.1f} s ({res['images_per_second'] or 0:.1f} img/s, {res['world_size']} process(es))"
     )
     if as_json:
-        _emit_json(res)
+        emit_json(res)
     else:
         click.echo(ev.format_report(res))
-
-
-def register(main: click.Group) -> None:
-    """Add download, cache and evaluate to the senet-hub group."""
-    for cmd in (download, cache, evaluate):
-        if cmd.name not in main.commands:
-            main.add_command(cmd)
-
-
-__all__ = ["cache", "download", "evaluate", "register"]
