@@ -15,6 +15,10 @@ The shared arithmetic lives here and nowhere else: Caffe's clip-rule pooling out
 (``pool_out``), the pooling divisors (``pool_counts``), convolution output size (``conv_out``),
 Caffe's reshape rule (``reshape_target``), values' last use (``last_uses``) and a weight-free
 shape walk (``graph_shapes``).
+
+Why this module is long: it is the vocabulary, one declaration per op (attributes, arity,
+parameters, shape rule, float64 reference) next to the arithmetic those declarations share; the
+point of the registry is that an op is read and changed in one place.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from all_ops import mixed_14  # the shared every-op fixture
 from conftest import WITH_CAFFE_REFERENCE, needs_shared
 
 from senet_hub import (
@@ -30,61 +31,6 @@ def _conv(name, x, o, k, s=1, pad=(0, 0, 0, 0), groups=1, bias=True, dilation=(1
 
 def _pool(name, op, x, k, s, pad=(0, 0, 0, 0), ceil=False, **kw):
     return Node(name, op, [x], dict(kernel=(k, k), stride=(s, s), pad=pad, ceil=ceil, **kw))
-
-
-def all_ops_model(seed: int = 0) -> Model:
-    """A small SENet-like graph on 14 x 14 inputs using every canonical op and pooling corner case."""
-    nodes = [
-        Node(
-            "layer0.norm",
-            "input_norm",
-            ["data"],
-            dict(perm=[2, 1, 0], scale=[1 / 58, 1 / 57, 1 / 59], shift=[-1.7, -2.0, -2.1]),
-        ),
-        _conv("layer0.conv1", "layer0.norm", 8, 3, pad=(1, 1, 1, 1)),
-        Node("layer0.bn1", "batch_norm", ["layer0.conv1"], dict(eps=1e-5)),
-        Node("layer0.relu1", "relu", ["layer0.bn1"]),
-        _pool("layer0.pool_ceil", "max_pool", "layer0.relu1", 3, 2, ceil=True),  # Caffe: 14 -> 7 (floor: 6)
-        _pool("layer0.pool_ms", "max_pool", "layer0.relu1", 3, 2, pad=(0, 0, 1, 1)),  # MindSpore "same": 14 -> 7
-        Node("layer0.pool", "add", ["layer0.pool_ceil", "layer0.pool_ms"]),
-        # grouped conv, stride 2, pads: 7 -> 4
-        _conv("layer1.0.conv1", "layer0.pool", 16, 3, s=2, pad=(1, 1, 1, 1), groups=4, bias=False),
-        Node("layer1.0.bn1", "batch_norm", ["layer1.0.conv1"], dict(eps=1e-3)),
-        Node("layer1.0.relu1", "relu", ["layer1.0.bn1"]),
-        # asymmetric pads with dilation: 4 -> 4
-        _conv("layer1.0.conv2", "layer1.0.relu1", 16, 3, pad=(2, 1, 2, 3), groups=2, bias=False, dilation=(2, 2)),
-        Node("layer1.0.bn2", "batch_norm", ["layer1.0.conv2"], dict(eps=1e-5)),
-        Node("layer1.0.se_module.avg_pool", "global_avg_pool", ["layer1.0.bn2"]),
-        _conv("layer1.0.se_module.fc1", "layer1.0.se_module.avg_pool", 4, 1),
-        Node("layer1.0.se_module.relu", "relu", ["layer1.0.se_module.fc1"]),
-        _conv("layer1.0.se_module.fc2", "layer1.0.se_module.relu", 16, 1),
-        Node("layer1.0.se_module.sigmoid", "sigmoid", ["layer1.0.se_module.fc2"]),
-        _conv("layer1.0.downsample.0", "layer0.pool", 16, 1, s=2, bias=False),
-        Node("layer1.0.downsample.1", "batch_norm", ["layer1.0.downsample.0"], dict(eps=1e-5)),
-        Node("layer1.0.axpy", "axpy", ["layer1.0.se_module.sigmoid", "layer1.0.bn2", "layer1.0.downsample.1"]),
-        Node("layer1.0.relu", "relu", ["layer1.0.axpy"]),
-        # Caffe clip rule: 7, k2 s2 p1 ceil -> 4 (the 5th window would start in the end padding)
-        _pool("mix.clip", "max_pool", "layer0.pool", 2, 2, pad=(1, 1, 1, 1), ceil=True),
-        # padded average pool counting the padding: 4 -> 4
-        _pool("mix.avg", "avg_pool", "layer1.0.relu", 3, 1, pad=(1, 1, 1, 1), ceil=True, count_include_pad=True),
-        # asymmetric pads, padding not counted: 4 -> 4
-        _pool("mix.avg_asym", "avg_pool", "layer1.0.relu", 3, 1, pad=(1, 0, 1, 2), count_include_pad=False),
-        # ceil average pool whose last window overhangs (divisor clipped): 4 -> 2
-        _pool("mix.avg_ceil", "avg_pool", "layer1.0.relu", 3, 2, ceil=True, count_include_pad=True),
-        Node("mix.cat", "concat", ["layer1.0.relu", "mix.avg", "mix.avg_asym", "mix.clip"], dict(axis=1)),
-        # SE-BN-Inception gate: Reshape [0, 0] then two-bottom Scale
-        Node("mix.se.pool", "global_avg_pool", ["mix.cat"]),
-        Node("mix.se.reshape", "reshape", ["mix.se.pool"], dict(shape=[0, 0])),
-        Node("mix.se.sigmoid", "sigmoid", ["mix.se.reshape"]),
-        Node("mix.se.scale", "channel_scale", ["mix.cat", "mix.se.sigmoid"]),
-        Node("drop", "dropout", ["mix.se.scale"], dict(ratio=0.2)),
-        Node("last_linear", "linear", ["drop"], dict(out_features=10, bias=True)),  # after a spatial tensor
-        Node("aux.flat", "flatten", ["mix.avg_ceil"]),
-        Node("aux.fc", "linear", ["aux.flat"], dict(out_features=10, bias=False)),
-        Node("logits", "add", ["last_linear", "aux.fc"]),
-        Node("prob", "softmax", ["logits"]),
-    ]
-    return random_weights(Graph(nodes, input_shape=(2, 3, 14, 14)), seed)
 
 
 def random_weights(graph: Graph, seed: int) -> Model:
@@ -126,7 +72,7 @@ def assert_matches_reference(model: Model, outs: dict, x: np.ndarray, tol: float
 def test_model_covers_every_op_and_pool_case():
     from senet_hub.graph import OPS
 
-    m = all_ops_model()
+    m = mixed_14()
     assert {n.op for n in m.graph.nodes} == set(OPS)
     a = m.graph.node("mix.clip").attrs
     # the clip rule removes a window here: without it ceil((7 + 2 - 2) / 2) + 1 = 5
@@ -204,7 +150,7 @@ def chb():
 
 @pytest.fixture(scope="module")
 def model():
-    return all_ops_model()
+    return mixed_14()
 
 
 def test_mxnet_every_node_matches_reference(mxb, model):
@@ -232,8 +178,8 @@ def test_mxnet_explicit_parameters(mxb, model):
 
 def test_mxnet_other_batch_and_size(mxb):
     # a fully convolutional prefix of the model runs at other sizes (the clip slice is rebuilt)
-    m = all_ops_model()
-    keep = [n for n in m.graph.nodes if n.name.startswith(("layer0", "layer1", "mix.clip", "mix.avg"))]
+    m = mixed_14()
+    keep = [n for n in m.graph.nodes if n.name.startswith(("layer0", "conv1/", "layer1", "mix.clip", "mix.avg"))]
     g = Graph(keep, input_shape=(1, 3, 14, 14), output="mix.clip")
     sub = Model(g, {k: v for k, v in m.weights.items() if k.rsplit(".", 1)[0] in {n.name for n in keep}})
     native = mxb.build(sub)
@@ -313,8 +259,8 @@ def test_chainer_links_and_explicit_parameters(chb, model):
 
 
 def test_chainer_other_batch_and_size(chb):
-    m = all_ops_model()
-    keep = [n for n in m.graph.nodes if n.name.startswith(("layer0", "layer1", "mix.clip", "mix.avg"))]
+    m = mixed_14()
+    keep = [n for n in m.graph.nodes if n.name.startswith(("layer0", "conv1/", "layer1", "mix.clip", "mix.avg"))]
     g = Graph(keep, input_shape=(1, 3, 14, 14), output="mix.clip")
     sub = Model(g, {k: v for k, v in m.weights.items() if k.rsplit(".", 1)[0] in {n.name for n in keep}})
     native = chb.build(sub)

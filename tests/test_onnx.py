@@ -7,115 +7,18 @@ import os
 
 import numpy as np
 import pytest
+from all_ops import senet_112
 from conftest import PROTOTXT_DIR, RELEASED, WITH_CAFFE_REFERENCE, load_caffe_reference, needs_shared
 
 from senet_hub.builders import numpy_ref
 from senet_hub.errors import OutputError, UnsupportedError
-from senet_hub.graph import Graph, Model, Node, expected_params, output_shape, pool_out, validate
+from senet_hub.graph import Graph, Model, Node, pool_out, validate
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from senet_hub.builders import onnx as ox  # noqa: E402  (ours: a broken module fails, never skips)
 
 RTOL = 1e-5
-
-
-def _conv(name, x, o, k, s=1, pad=(0, 0, 0, 0), groups=1, bias=True):
-    return Node(
-        name,
-        "conv",
-        [x],
-        dict(out_channels=o, kernel=(k, k), stride=(s, s), pad=pad, dilation=(1, 1), groups=groups, bias=bias),
-    )
-
-
-def _pool(name, op, x, k, s, pad=(0, 0, 0, 0), ceil=False, **kw):
-    return Node(name, op, [x], dict(kernel=(k, k), stride=(s, s), pad=pad, ceil=ceil, **kw))
-
-
-def all_ops_model(seed: int = 0, size: int = 112) -> Model:
-    """A small SENet-like graph using every canonical op, with random weights."""
-    nodes = [
-        Node(
-            "layer0.norm",
-            "input_norm",
-            ["data"],
-            dict(perm=[2, 1, 0], scale=[1 / 58, 1 / 57, 1 / 59], shift=[-1.7, -2.0, -2.1]),
-        ),
-        _conv("layer0.conv1", "layer0.norm", 8, 3, pad=(1, 1, 1, 1)),
-        Node("layer0.bn1", "batch_norm", ["layer0.conv1"], dict(eps=1e-5)),
-        Node("layer0.relu1", "relu", ["layer0.bn1"]),
-        _pool("layer0.pool", "max_pool", "layer0.relu1", 3, 2, ceil=True),  # 112 -> 56 (Caffe ceil)
-        # grouped strided conv, asymmetric pad (MindSpore "same"): 56 -> 28
-        _conv("layer1.0.conv1", "layer0.pool", 8, 3, s=2, pad=(0, 0, 1, 1), groups=4, bias=False),
-        Node("layer1.0.bn1", "batch_norm", ["layer1.0.conv1"], dict(eps=1e-3)),
-        Node("layer1.0.relu1", "relu", ["layer1.0.bn1"]),
-        _pool("layer1.0.avg", "avg_pool", "layer1.0.relu1", 3, 1, pad=(1, 1, 1, 1), ceil=True, count_include_pad=True),
-        # SE with 1x1 convs: a is N x C x 1 x 1
-        Node("layer1.0.se_module.avg_pool", "global_avg_pool", ["layer1.0.avg"]),
-        _conv("layer1.0.se_module.fc1", "layer1.0.se_module.avg_pool", 4, 1),
-        Node("layer1.0.se_module.relu", "relu", ["layer1.0.se_module.fc1"]),
-        _conv("layer1.0.se_module.fc2", "layer1.0.se_module.relu", 8, 1),
-        Node("layer1.0.se_module.sigmoid", "sigmoid", ["layer1.0.se_module.fc2"]),
-        _conv("layer1.0.downsample.0", "layer0.pool", 8, 1, s=2, bias=False),
-        Node("layer1.0.axpy", "axpy", ["layer1.0.se_module.sigmoid", "layer1.0.avg", "layer1.0.downsample.0"]),
-        Node("layer1.0.relu", "relu", ["layer1.0.axpy"]),
-        # MindSpore-style max pool: pads (0, 0, 1, 1), floor: 28 -> 14
-        _pool("layer2.pool", "max_pool", "layer1.0.relu", 3, 2, pad=(0, 0, 1, 1)),
-        # SE with linear layers: a is N x C, axpy inserts the reshape
-        Node("layer2.se.pool", "global_avg_pool", ["layer2.pool"]),
-        Node("layer2.se.flat", "flatten", ["layer2.se.pool"]),
-        Node("layer2.se.fc1", "linear", ["layer2.se.flat"], dict(out_features=16, bias=True)),
-        Node("layer2.se.relu", "relu", ["layer2.se.fc1"]),
-        Node("layer2.se.fc2", "linear", ["layer2.se.relu"], dict(out_features=8, bias=False)),
-        Node("layer2.se.sigmoid", "sigmoid", ["layer2.se.fc2"]),
-        Node("layer2.axpy", "axpy", ["layer2.se.sigmoid", "layer2.pool", "layer2.pool"]),
-        # SE-BN-Inception gating: s = reshape(sigmoid, [0, 0]) -> N x C, channel_scale
-        Node("layer2.gate.pool", "global_avg_pool", ["layer2.axpy"]),
-        _conv("layer2.gate.fc", "layer2.gate.pool", 8, 1),
-        Node("layer2.gate.sigmoid", "sigmoid", ["layer2.gate.fc"]),
-        Node("layer2.gate.reshape", "reshape", ["layer2.gate.sigmoid"], dict(shape=[0, 0])),
-        Node("layer2.gate.scale", "channel_scale", ["layer2.axpy", "layer2.gate.reshape"]),
-        # Caffe clip rule in H (14, k3 s2 p2 ceil -> 8 = floor) with a ceil axis in W (p1 -> 8 > floor 7)
-        _pool("layer3.clip", "max_pool", "layer2.gate.scale", 3, 2, pad=(2, 1, 2, 1), ceil=True),
-        # avg pool, ceil that adds a window, count_include_pad: 14 k3 s2 p0 -> 7 (floor: 6)
-        _pool("layer3.avg_ceil", "avg_pool", "layer2.gate.scale", 3, 2, ceil=True, count_include_pad=True),
-        # avg pool excluding padding
-        _pool("layer3.avg_ex", "avg_pool", "layer2.gate.scale", 3, 2, pad=(1, 1, 1, 1), count_include_pad=False),
-        Node("layer3.add", "add", ["layer3.avg_ceil", "layer3.avg_ceil"]),
-        Node("layer3.concat", "concat", ["layer3.add", "layer3.avg_ex"], dict(axis=1)),
-        _pool("layer4.pool", "avg_pool", "layer3.concat", 7, 1, ceil=True, count_include_pad=True),
-        Node("layer4.flat", "flatten", ["layer4.pool"]),
-        Node("layer3.clip_pool", "global_avg_pool", ["layer3.clip"]),
-        Node("layer3.clip_flat", "reshape", ["layer3.clip_pool"], dict(shape=[0, -1])),
-        Node("layer4.concat", "concat", ["layer4.flat", "layer3.clip_flat"], dict(axis=1)),
-        Node("layer4.dropout", "dropout", ["layer4.concat"], dict(ratio=0.2)),
-        Node("last_linear", "linear", ["layer4.dropout"], dict(out_features=10, bias=True)),
-        Node("prob", "softmax", ["last_linear"]),
-    ]
-    g = Graph(nodes, "data", (1, 3, size, size), output="prob")
-    return Model(g, random_weights(g, seed), dict(META, input_convention=dict(META["input_convention"], size=size)))
-
-
-def random_weights(g: Graph, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    weights: dict[str, np.ndarray] = {}
-    shapes = {g.input_name: tuple(g.input_shape)}
-    for n in g.nodes:
-        ins = [shapes[i] for i in n.inputs]
-        for p, shp in expected_params(n, ins).items():
-            if p == "running_var":
-                w = rng.uniform(0.5, 2.0, shp)
-            elif p == "weight" and n.op == "batch_norm":
-                w = rng.uniform(0.5, 1.5, shp)
-            elif p == "bias" and n.op in ("conv", "linear"):  # keeps ReLU outputs away from all-zero
-                w = rng.uniform(0.1, 0.5, shp)
-            else:
-                fan_in = int(np.prod(shp[1:])) if len(shp) > 1 else 1
-                w = rng.normal(0, 1 / np.sqrt(fan_in), shp)
-            weights[f"{n.name}.{p}"] = w.astype(np.float32)
-        shapes[n.name] = output_shape(n, ins)
-    return weights
 
 
 META = {
@@ -134,7 +37,9 @@ META = {
 
 @pytest.fixture(scope="module")
 def model() -> Model:
-    m = all_ops_model()
+    """The shared every-op fixture (tests/all_ops.py), with a Caffe source's meta."""
+    m = senet_112()
+    m.meta = dict(META)
     validate(m)
     return m
 
@@ -369,20 +274,7 @@ def test_registered_backend():
     assert mod is ox and mod.NAME == "onnxruntime" and mod.EXTRA == "onnx" and mod.available()
 
 
-@pytest.mark.parametrize("refusal", ["", "no such ONNX op"])
-def test_missing_lowering_names_op_and_backend(model, monkeypatch, refusal):
-    from senet_hub.ops import MissingLowering
-
-    # as if "sigmoid" had just been declared in ops.py and ONNX had no lowering for it yet
-    monkeypatch.delitem(ox.LOWER._fns, "sigmoid")
-    if refusal:
-        monkeypatch.setitem(ox.LOWER.refused, "sigmoid", refusal)
-    assert "sigmoid" in ox.LOWER.missing() or refusal
-    for export in (lambda: ox.to_onnx(model), lambda: ox.build(model), lambda: ox.to_bytes(model, inline=True)):
-        with pytest.raises(MissingLowering, match=r"backend 'onnx' cannot express op 'sigmoid' \(node '") as e:
-            export()
-        assert e.value.backend == "onnx" and e.value.op == "sigmoid"
-        assert refusal in str(e.value) and "\n" not in str(e.value)
+# test_missing_lowering_names_op_and_backend: tests/test_op_conformance.py (every table backend)
 
 
 def test_every_op_has_an_onnx_lowering():

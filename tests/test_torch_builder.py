@@ -7,10 +7,11 @@ import os
 
 import numpy as np
 import pytest
+from all_ops import random_weights, senet_112
 
 from senet_hub.builders import numpy_ref
 from senet_hub.errors import ModelError, OutputError
-from senet_hub.graph import Graph, Model, Node, expected_params, output_shape, pool_out, validate
+from senet_hub.graph import Graph, Model, Node, pool_out
 
 torch = pytest.importorskip("torch")
 from senet_hub.builders import torch as tb  # noqa: E402  (ours: a broken module fails, never skips)
@@ -27,127 +28,9 @@ def _conv(name, x, o, k, s=1, pad=(0, 0, 0, 0), groups=1, bias=True, dilation=(1
     )
 
 
-def _pool(name, op, x, k, s, pad=(0, 0, 0, 0), ceil=False, **kw):
-    return Node(name, op, [x], dict(kernel=(k, k), stride=(s, s), pad=pad, ceil=ceil, **kw))
-
-
-def all_ops_graph(size: int = 112) -> Graph:
-    """A small SENet-like graph using every canonical op and every pooling corner case."""
-    nodes = [
-        Node(
-            "layer0.norm",
-            "input_norm",
-            ["data"],
-            dict(perm=[2, 1, 0], scale=[1 / 58, 1 / 57, 1 / 59], shift=[-1.7, -2.0, -2.1]),
-        ),
-        _conv("layer0.conv1", "layer0.norm", 8, 3, pad=(1, 1, 1, 1)),
-        Node("layer0.bn1", "batch_norm", ["layer0.conv1"], dict(eps=1e-5)),
-        Node("layer0.relu1", "relu", ["layer0.bn1"]),
-        _pool("layer0.pool", "max_pool", "layer0.relu1", 3, 2, ceil=True),  # Caffe ceil: 112 -> 56 (floor: 55)
-        # grouped strided conv with an asymmetric pad (MindSpore "same"): 56 -> 28
-        _conv("layer1.0.conv1", "layer0.pool", 8, 3, s=2, pad=(0, 0, 1, 1), groups=4, bias=False),
-        Node("layer1.0.bn1", "batch_norm", ["layer1.0.conv1"], dict(eps=1e-3)),
-        Node("layer1.0.relu1", "relu", ["layer1.0.bn1"]),
-        # SE-BN-Inception's padded avg pool 3x3 s1 p1 counting the padding
-        _pool("layer1.0.avg", "avg_pool", "layer1.0.relu1", 3, 1, pad=(1, 1, 1, 1), ceil=True, count_include_pad=True),
-        # SE with 1x1 convs: a is N x C x 1 x 1
-        Node("layer1.0.se_module.avg_pool", "global_avg_pool", ["layer1.0.avg"]),
-        _conv("layer1.0.se_module.fc1", "layer1.0.se_module.avg_pool", 4, 1),
-        Node("layer1.0.se_module.relu", "relu", ["layer1.0.se_module.fc1"]),
-        _conv("layer1.0.se_module.fc2", "layer1.0.se_module.relu", 8, 1),
-        Node("layer1.0.se_module.sigmoid", "sigmoid", ["layer1.0.se_module.fc2"]),
-        _conv("layer1.0.downsample.0", "layer0.pool", 8, 1, s=2, bias=False),
-        Node("layer1.0.axpy", "axpy", ["layer1.0.se_module.sigmoid", "layer1.0.avg", "layer1.0.downsample.0"]),
-        Node("layer1.0.relu", "relu", ["layer1.0.axpy"]),
-        # dilated conv, asymmetric pad on the other sides
-        _conv("layer1.1.conv", "layer1.0.relu", 8, 3, pad=(2, 1, 2, 3), dilation=(2, 2)),
-        # MindSpore-style max pool: pads (0, 0, 1, 1), floor: 28 -> 14
-        _pool("layer2.pool", "max_pool", "layer1.1.conv", 3, 2, pad=(0, 0, 1, 1)),
-        # SE with linear layers: a is N x C
-        Node("layer2.se.pool", "global_avg_pool", ["layer2.pool"]),
-        Node("layer2.se.flat", "flatten", ["layer2.se.pool"]),
-        Node("layer2.se.fc1", "linear", ["layer2.se.flat"], dict(out_features=16, bias=True)),
-        Node("layer2.se.relu", "relu", ["layer2.se.fc1"]),
-        Node("layer2.se.fc2", "linear", ["layer2.se.relu"], dict(out_features=8, bias=False)),
-        Node("layer2.se.sigmoid", "sigmoid", ["layer2.se.fc2"]),
-        Node("layer2.axpy", "axpy", ["layer2.se.sigmoid", "layer2.pool", "layer2.pool"]),
-        # SE-BN-Inception gating: s = reshape(sigmoid, [0, 0]) -> N x C, channel_scale
-        Node("layer2.gate.pool", "global_avg_pool", ["layer2.axpy"]),
-        _conv("layer2.gate.fc", "layer2.gate.pool", 8, 1),
-        Node("layer2.gate.sigmoid", "sigmoid", ["layer2.gate.fc"]),
-        Node("layer2.gate.reshape", "reshape", ["layer2.gate.sigmoid"], dict(shape=[0, 0])),
-        Node("layer2.gate.scale", "channel_scale", ["layer2.axpy", "layer2.gate.reshape"]),
-        # Caffe clip rule in H (14, k3 s2 p2 ceil -> 8) with pads over half the kernel (explicit path)
-        _pool("layer3.clip", "max_pool", "layer2.gate.scale", 3, 2, pad=(2, 1, 2, 1), ceil=True),
-        # avg pool, ceil adds a window, counting padding: 14 k3 s2 p0 -> 7 (floor: 6)
-        _pool("layer3.avg_ceil", "avg_pool", "layer2.gate.scale", 3, 2, ceil=True, count_include_pad=True),
-        # avg pool excluding padding (native), and asymmetric avg pools both ways (explicit path)
-        _pool("layer3.avg_ex", "avg_pool", "layer2.gate.scale", 3, 2, pad=(1, 1, 1, 1), count_include_pad=False),
-        _pool(
-            "layer3.avg_as_in",
-            "avg_pool",
-            "layer2.gate.scale",
-            3,
-            2,
-            pad=(0, 1, 2, 0),
-            ceil=True,
-            count_include_pad=True,
-        ),
-        _pool(
-            "layer3.avg_as_ex",
-            "avg_pool",
-            "layer2.gate.scale",
-            3,
-            2,
-            pad=(0, 1, 2, 0),
-            ceil=True,
-            count_include_pad=False,
-        ),
-        Node("layer3.add", "add", ["layer3.avg_ceil", "layer3.avg_ceil"]),
-        Node("layer3.concat", "concat", ["layer3.add", "layer3.avg_ex"], dict(axis=1)),
-        _pool("layer4.pool", "avg_pool", "layer3.concat", 7, 1, ceil=True, count_include_pad=True),
-        Node("layer4.flat", "flatten", ["layer4.pool"]),
-        Node("layer3.clip_pool", "global_avg_pool", ["layer3.clip"]),
-        Node("layer3.clip_flat", "reshape", ["layer3.clip_pool"], dict(shape=[0, -1])),
-        Node("layer3.as_pool", "global_avg_pool", ["layer3.avg_as_in"]),
-        Node("layer3.as_pool2", "global_avg_pool", ["layer3.avg_as_ex"]),
-        Node("layer3.as_add", "add", ["layer3.as_pool", "layer3.as_pool2"]),
-        Node("layer3.as_flat", "flatten", ["layer3.as_add"]),
-        Node("layer4.concat", "concat", ["layer4.flat", "layer3.clip_flat", "layer3.as_flat"], dict(axis=1)),
-        Node("layer4.dropout", "dropout", ["layer4.concat"], dict(ratio=0.2)),
-        Node("last_linear", "linear", ["layer4.dropout"], dict(out_features=10, bias=True)),
-        Node("prob", "softmax", ["last_linear"]),
-    ]
-    return Graph(nodes, "data", (1, 3, size, size), output="prob")
-
-
-def random_weights(g: Graph, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    weights: dict[str, np.ndarray] = {}
-    shapes = {g.input_name: tuple(g.input_shape)}
-    for n in g.nodes:
-        ins = [shapes[i] for i in n.inputs]
-        for p, shp in expected_params(n, ins).items():
-            if p == "running_var":
-                w = rng.uniform(0.5, 2.0, shp)
-            elif p == "weight" and n.op == "batch_norm":
-                w = rng.uniform(0.5, 1.5, shp)
-            elif p == "bias" and n.op in ("conv", "linear"):  # keeps ReLU outputs away from all-zero
-                w = rng.uniform(0.1, 0.5, shp)
-            else:
-                fan_in = int(np.prod(shp[1:])) if len(shp) > 1 else 1
-                w = rng.normal(0, 1 / np.sqrt(fan_in), shp)
-            weights[f"{n.name}.{p}"] = w.astype(np.float32)
-        shapes[n.name] = output_shape(n, ins)
-    return weights
-
-
 @pytest.fixture(scope="module")
 def model() -> Model:
-    g = all_ops_graph()
-    m = Model(g, random_weights(g, 0), {"arch": "test-all-ops"})
-    validate(m)
-    return m
+    return senet_112()  # the shared every-op fixture (tests/all_ops.py)
 
 
 @pytest.fixture(scope="module")
@@ -335,20 +218,7 @@ def test_zoo_state_dict_keys():
     assert {k for k in keys if not k.endswith("num_batches_tracked")} == set(m.weights)
 
 
-@pytest.mark.parametrize("refusal", ["", "no such kernel"])
-def test_missing_lowering_names_op_and_backend(model, monkeypatch, refusal):
-    from senet_hub.ops import MissingLowering
-
-    # as if "sigmoid" had just been declared in ops.py and torch had no lowering for it yet
-    monkeypatch.delitem(tb.LOWER._fns, "sigmoid")
-    if refusal:
-        monkeypatch.setitem(tb.LOWER.refused, "sigmoid", refusal)
-    assert "sigmoid" in tb.LOWER.missing() or refusal
-    for make in (lambda: tb.build(model), lambda: tb.SENetModule(model.graph)):
-        with pytest.raises(MissingLowering, match=r"backend 'torch' cannot express op 'sigmoid' \(node '") as e:
-            make()
-        assert e.value.backend == "torch" and e.value.op == "sigmoid"
-        assert refusal in str(e.value) and "\n" not in str(e.value)
+# test_missing_lowering_names_op_and_backend: tests/test_op_conformance.py (every table backend)
 
 
 def test_every_op_has_a_torch_lowering():

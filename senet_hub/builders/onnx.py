@@ -6,7 +6,7 @@ The model carries a model-local function (FunctionProto) with the same name whos
 ``Mul(a, x) -> Add(., y)``, so onnxruntime, ``onnx.reference`` or any runtime that knows
 model-local functions runs it without a custom library. ``inline=True`` writes the same model
 with that function inlined (plain standard ops only). A runtime kernel for the op can be
-registered instead of the function: see ``senet_hub.builders.onnx_fused``.
+registered instead of the function: ``bench/axpy_fused.py`` measures one (it does not pay).
 
 Value names are the canonical node names (every node has one output named like the node), the
 input is ``graph.input_name`` (``data``) and the output is the graph's output node. The batch
@@ -22,6 +22,11 @@ channel_scale -> Reshape(s, [0, 0, 1, 1]) + Mul; reshape -> Reshape (Caffe's 0 /
 Reshape's 0 / -1 with allowzero = 0); flatten -> Flatten(axis 1); linear -> [Flatten +] Gemm
 (transB = 1); softmax -> Softmax(axis 1); dropout -> Identity; input_norm -> Gather on the
 channel axis + Mul + Add.
+
+Why this module is long: it holds three things that change together, the lowering table (one
+function per op), the model-level wrapping (Axpy's domain and function, metadata, opset checks,
+which runtimes can run the file) and the onnxruntime session that taps every node; splitting
+them would spread one ONNX graph's conventions (value names, domains, opsets) over several files.
 """
 
 from __future__ import annotations
