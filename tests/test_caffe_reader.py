@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from all_ops import op_case
 
 # TINY and _weights are imported from here by other test files (until they import from fuzzing)
 from fuzzing import TINY, V1_NET, _varint
 from fuzzing import tiny_weights as _weights
 
+from senet_hub import ops
 from senet_hub.builders import numpy_ref
 from senet_hub.converters import caffe, caffe_writer
 from senet_hub.converters.caffe_format import encode_layer, ld, parse_prototxt, read_caffemodel
@@ -165,3 +167,33 @@ def test_writer_round_trip_is_exact(tmp_path):
         np.testing.assert_array_equal(m2.weights[k], v)
     x = rng.normal(size=(1, 3, 9, 9)).astype(np.float32)
     np.testing.assert_array_equal(numpy_ref.forward(m, x), numpy_ref.forward(m2, x))
+
+
+def test_every_op_has_a_caffe_writer_lowering():
+    """The writer's table covers the vocabulary: every op has a lowering or a declared refusal."""
+    missing = caffe_writer.LOWER.missing()
+    assert not missing, f"caffe writer: no lowering (nor declared refusal) for {', '.join(missing)}"
+    assert caffe_writer.LOWER.backend == "caffe"
+    assert set(caffe_writer.LOWER.refused) == {"input_norm"}  # the one op Caffe has no layer for
+
+
+def test_writer_refuses_an_op_by_name_and_writes_nothing(tmp_path, monkeypatch):
+    """An op without a Caffe lowering is one MissingLowering (an UnsupportedError: exit 6) naming the
+    op, the node and backend 'caffe', raised before anything is written."""
+    with pytest.raises(
+        ops.MissingLowering,
+        match=r"^backend 'caffe' cannot express op 'input_norm' \(node 'n'\): .*--input-convention caffe",
+    ) as e:
+        caffe_writer.save(op_case("input_norm"), tmp_path / "m")
+    assert isinstance(e.value, UnsupportedError) and e.value.exit_code == 6 and "\n" not in str(e.value)
+    # as if 'sigmoid' had just been declared in ops.py and the writer had no lowering for it yet
+    monkeypatch.delitem(caffe_writer.LOWER._fns, "sigmoid")
+    model = op_case("sigmoid")
+    for attempt in (
+        lambda: caffe_writer.save(model, tmp_path / "m"),
+        lambda: caffe_writer.write_caffemodel_for(model, tmp_path / "m.caffemodel"),
+        lambda: caffe_writer.to_caffe(model),
+    ):
+        with pytest.raises(ops.MissingLowering, match=r"backend 'caffe' cannot express op 'sigmoid' \(node 's'\)$"):
+            attempt()
+    assert not list(tmp_path.iterdir())

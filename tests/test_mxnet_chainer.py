@@ -11,45 +11,25 @@ import textwrap
 
 import numpy as np
 import pytest
-from all_ops import mixed_14  # the shared every-op fixture
+from all_ops import conv as _conv  # the shared every-op fixture and its helpers (tests/all_ops.py)
+from all_ops import mixed_14
+from all_ops import random_weights as _fixture_weights
 from conftest import WITH_CAFFE_REFERENCE, needs_shared
 
 from senet_hub import (
+    ops,
     zoo,  # ours: a broken module fails here, never skips
 )
 from senet_hub.builders import compat, numpy_ref
 from senet_hub.errors import OutputError
-from senet_hub.graph import Graph, Model, Node, expected_params, output_shape, pool_out, validate
+from senet_hub.graph import Graph, Model, Node, pool_out, validate
 
 TOL = 1e-4  # per node, relative to max |reference|
 
 
-def _conv(name, x, o, k, s=1, pad=(0, 0, 0, 0), groups=1, bias=True, dilation=(1, 1)):
-    a = dict(out_channels=o, kernel=(k, k), stride=(s, s), pad=pad, dilation=dilation, groups=groups, bias=bias)
-    return Node(name, "conv", [x], a)
-
-
-def _pool(name, op, x, k, s, pad=(0, 0, 0, 0), ceil=False, **kw):
-    return Node(name, op, [x], dict(kernel=(k, k), stride=(s, s), pad=pad, ceil=ceil, **kw))
-
-
 def random_weights(graph: Graph, seed: int) -> Model:
-    rng = np.random.default_rng(seed)
-    model = Model(graph, {}, {"arch": "test"})
-    vals = {graph.input_name: tuple(graph.input_shape)}
-    for n in graph.nodes:
-        ins = [vals[i] for i in n.inputs]
-        for p, shp in expected_params(n, ins).items():
-            if p == "running_var":
-                v = rng.uniform(0.5, 1.5, shp)
-            elif p == "weight" and n.op == "batch_norm":
-                v = rng.uniform(0.5, 1.5, shp)
-            elif p == "weight":
-                v = rng.normal(0, 1 / np.sqrt(np.prod(shp[1:])), shp)
-            else:
-                v = rng.normal(0, 0.2, shp)
-            model.weights[f"{n.name}.{p}"] = v.astype(np.float32)
-        vals[n.name] = output_shape(n, ins)
+    """The graph with the shared fixture's deterministic weights (tests/all_ops.py's rule)."""
+    model = Model(graph, _fixture_weights(graph, seed), {"arch": "test"})
     validate(model)
     return model
 
@@ -309,6 +289,65 @@ def test_chainer_unwritable_output(chb, model, tmp_path, monkeypatch):
     with pytest.raises(OutputError, match="No space left"):
         chb.save(model, tmp_path / "net.npz")
     assert os.listdir(tmp_path) == []
+
+
+def test_every_op_has_a_chainer_lowering():
+    """Both Chainer tables cover the vocabulary (checked without importing Chainer): every op has a
+    forward lowering, and exactly the ops with parameters have a link (load_weights fills it)."""
+    from senet_hub.builders import chainer as cb
+
+    missing = cb.LOWER.missing()
+    assert not missing, f"chainer: no forward lowering for {', '.join(missing)}"
+    assert not cb.LOWER.refused and cb.LOWER.backend == cb.LINKS.backend == "chainer"
+    with_params = {name for name, op in ops.OPS.items() if op.params}
+    linked = {op for op in ops.OPS if op in cb.LINKS}
+    assert linked == with_params, (
+        f"chainer links missing for {sorted(with_params - linked)}, extra {sorted(linked - with_params)}"
+    )
+
+
+def test_chainer_missing_lowering_fails_before_anything_is_built(chb, model, tmp_path, monkeypatch):
+    """As if 'sigmoid' had just been declared in ops.py: build, the Chain, save and load of a stored
+    graph raise the one MissingLowering naming op, node and backend; no file is written."""
+    stored = tmp_path / "stored.npz"
+    chb.save(model, stored)
+    monkeypatch.delitem(chb.LOWER._fns, "sigmoid")
+    out = tmp_path / "out"
+    out.mkdir()
+    for attempt in (
+        lambda: chb.build(model),
+        lambda: chb.SENetChain(model.graph),
+        lambda: chb.save(model, out / "net.npz"),
+        lambda: chb.load(None, stored),
+    ):
+        with pytest.raises(ops.MissingLowering, match=r"backend 'chainer' cannot express op 'sigmoid' \(node '") as e:
+            attempt()
+        assert e.value.backend == "chainer" and e.value.op == "sigmoid"
+        assert e.value.node == "layer1.0.se_module.sigmoid"  # the first sigmoid node of the graph
+    assert os.listdir(out) == []
+
+
+def test_chainer_uses_the_vocabulary_defaults(chb):
+    """Attributes a node leaves out take ops.py's defaults (BN eps 1e-5, not Chainer's 2e-5; conv
+    stride 1, no dilation, one group, a bias; dropout 0.5; concat along channels)."""
+    g = Graph(
+        [
+            Node("c", "conv", ["data"], dict(out_channels=4, kernel=(3, 3))),
+            Node("bn", "batch_norm", ["c"]),
+            Node("d", "dropout", ["bn"]),
+            Node("cat", "concat", ["d", "c"]),
+        ],
+        input_shape=(2, 3, 8, 8),
+    )
+    m = random_weights(g, 0)
+    chain = chb.build(m)
+    conv = chain["c"]
+    assert chain["bn"].eps == ops.BatchNormAttrs().eps == 1e-5
+    assert conv.stride == (1, 1) and conv.dilate == (1, 1) and conv.groups == 1 and conv.b is not None
+    x = _input(m)
+    outs = chb.run(chain, x)
+    assert outs["cat"].shape == (2, 8, 6, 6)
+    assert_matches_reference(m, outs, x)
 
 
 # ------------------------------------------------------------------------- pooling and conv sweeps

@@ -11,14 +11,17 @@ import textwrap
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import all_ops  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from all_ops import conv as _conv  # noqa: E402
+from all_ops import pool as _pool  # noqa: E402
 from conftest import WITH_CAFFE_REFERENCE, needs_shared  # noqa: E402
 
-from senet_hub import zoo  # noqa: E402
+from senet_hub import ops, zoo  # noqa: E402
 from senet_hub.builders import numpy_ref  # noqa: E402
-from senet_hub.errors import OutputError  # noqa: E402
-from senet_hub.graph import OPS, Graph, Model, Node, expected_params, output_shape, pool_out, validate  # noqa: E402
+from senet_hub.errors import ModelError, OutputError, UnsupportedError  # noqa: E402
+from senet_hub.graph import OPS, Graph, Model, Node, pool_out, validate  # noqa: E402
 
 pytest.importorskip("tensorflow", reason="tensorflow is not installed")  # third-party: may skip
 from senet_hub.builders import tensorflow as tfb  # noqa: E402
@@ -26,95 +29,11 @@ from senet_hub.builders import tensorflow as tfb  # noqa: E402
 TOL = 1e-4  # per node, relative to max |reference|
 
 
-def _conv(name, x, o, k, s=1, pad=(0, 0, 0, 0), groups=1, bias=True, dilation=(1, 1)):
-    a = dict(out_channels=o, kernel=(k, k), stride=(s, s), pad=pad, dilation=dilation, groups=groups, bias=bias)
-    return Node(name, "conv", [x], a)
-
-
-def _pool(name, op, x, k, s, pad=(0, 0, 0, 0), ceil=False, **kw):
-    return Node(name, op, [x], dict(kernel=(k, k), stride=(s, s), pad=pad, ceil=ceil, **kw))
-
-
 def random_weights(graph: Graph, seed: int) -> Model:
-    rng = np.random.default_rng(seed)
-    model = Model(graph, {}, {"arch": "test"})
-    vals = {graph.input_name: tuple(graph.input_shape)}
-    for n in graph.nodes:
-        ins = [vals[i] for i in n.inputs]
-        for p, shp in expected_params(n, ins).items():
-            if p == "running_var" or (p == "weight" and n.op == "batch_norm"):
-                v = rng.uniform(0.5, 1.5, shp)
-            elif p == "weight":
-                v = rng.normal(0, 1 / np.sqrt(np.prod(shp[1:])), shp)
-            else:
-                v = rng.normal(0, 0.2, shp)
-            model.weights[f"{n.name}.{p}"] = v.astype(np.float32)
-        vals[n.name] = output_shape(n, ins)
+    """The graph with the shared fixture's deterministic weights (tests/all_ops.py's rule)."""
+    model = Model(graph, all_ops.random_weights(graph, seed), {"arch": "test"})
     validate(model)
     return model
-
-
-def all_ops_model(seed: int = 0) -> Model:
-    """A small SENet-like graph on 14 x 14 inputs using every canonical op and the pooling corner cases."""
-    nodes = [
-        Node(
-            "layer0.norm",
-            "input_norm",
-            ["data"],
-            dict(perm=[2, 1, 0], scale=[1 / 58, 1 / 57, 1 / 59], shift=[-1.7, -2.0, -2.1]),
-        ),
-        # Caffe-style name with '/': not a valid Keras name, mapped
-        _conv("conv1/7x7_s2", "layer0.norm", 8, 3, pad=(1, 1, 1, 1)),
-        Node("layer0.bn1", "batch_norm", ["conv1/7x7_s2"], dict(eps=1e-5)),
-        Node("layer0.relu1", "relu", ["layer0.bn1"]),
-        _pool("layer0.pool_ceil", "max_pool", "layer0.relu1", 3, 2, ceil=True),  # Caffe: 14 -> 7 (floor: 6)
-        _pool("layer0.pool_ms", "max_pool", "layer0.bn1", 3, 2, pad=(0, 0, 1, 1)),  # MindSpore "same": 14 -> 7
-        Node("layer0.pool", "add", ["layer0.pool_ceil", "layer0.pool_ms"]),
-        # grouped conv, stride 2, pads: 7 -> 4
-        _conv("layer1.0.conv1", "layer0.pool", 16, 3, s=2, pad=(1, 1, 1, 1), groups=4, bias=False),
-        Node("layer1.0.bn1", "batch_norm", ["layer1.0.conv1"], dict(eps=1e-3)),
-        Node("layer1.0.relu1", "relu", ["layer1.0.bn1"]),
-        # asymmetric pads with dilation: 4 -> 4
-        _conv("layer1.0.conv2", "layer1.0.relu1", 16, 3, pad=(2, 1, 2, 3), groups=2, bias=False, dilation=(2, 2)),
-        Node("layer1.0.bn2", "batch_norm", ["layer1.0.conv2"], dict(eps=1e-5)),
-        Node("layer1.0.se_module.avg_pool", "global_avg_pool", ["layer1.0.bn2"]),
-        _conv("layer1.0.se_module.fc1", "layer1.0.se_module.avg_pool", 4, 1),
-        Node("layer1.0.se_module.relu", "relu", ["layer1.0.se_module.fc1"]),
-        _conv("layer1.0.se_module.fc2", "layer1.0.se_module.relu", 16, 1),
-        Node("layer1.0.se_module.sigmoid", "sigmoid", ["layer1.0.se_module.fc2"]),
-        _conv("layer1.0.downsample.0", "layer0.pool", 16, 1, s=2, bias=False),
-        Node("layer1.0.downsample.1", "batch_norm", ["layer1.0.downsample.0"], dict(eps=1e-5)),
-        Node("layer1.0.axpy", "axpy", ["layer1.0.se_module.sigmoid", "layer1.0.bn2", "layer1.0.downsample.1"]),
-        Node("layer1.0.relu", "relu", ["layer1.0.axpy"]),
-        # stride and dilation together (Keras refuses both in one Conv2D): 4 -> 2
-        _conv("mix.dilated", "layer1.0.relu", 4, 3, s=2, pad=(2, 2, 2, 2), dilation=(2, 2)),
-        # Caffe clip rule: 7, k2 s2 p1 ceil -> 4 (the 5th window would start in the end padding)
-        _pool("mix.clip", "max_pool", "layer0.pool", 2, 2, pad=(1, 1, 1, 1), ceil=True),
-        # padded average pool counting the padding (SE-BN-Inception): 4 -> 4
-        _pool("mix.avg", "avg_pool", "layer1.0.relu", 3, 1, pad=(1, 1, 1, 1), ceil=True, count_include_pad=True),
-        # asymmetric pads, padding not counted: 4 -> 4
-        _pool("mix.avg_asym", "avg_pool", "layer1.0.relu", 3, 1, pad=(1, 0, 1, 2), count_include_pad=False),
-        # ceil average pool whose last window overhangs (divisor clipped): 4 -> 2
-        _pool("mix.avg_ceil", "avg_pool", "layer1.0.relu", 3, 2, ceil=True, count_include_pad=True),
-        Node("mix.cat", "concat", ["layer1.0.relu", "mix.avg", "mix.avg_asym", "mix.clip"], dict(axis=1)),
-        # SE-BN-Inception gate: Reshape [0, 0] then two-bottom Scale
-        Node("mix.se.pool", "global_avg_pool", ["mix.cat"]),
-        Node("mix.se.reshape", "reshape", ["mix.se.pool"], dict(shape=[0, 0])),
-        Node("mix.se.sigmoid", "sigmoid", ["mix.se.reshape"]),
-        Node("mix.se.scale", "channel_scale", ["mix.cat", "mix.se.sigmoid"]),
-        Node("drop", "dropout", ["mix.se.scale"], dict(ratio=0.2)),
-        Node("last_linear", "linear", ["drop"], dict(out_features=10, bias=True)),  # after a 4 x 4 map
-        Node("aux.flat", "flatten", ["mix.avg_ceil"]),  # C-order flatten of a 2 x 2 map
-        Node("aux.fc", "linear", ["aux.flat"], dict(out_features=10, bias=False)),
-        # Caffe reshape of a spatial map into another 4-D shape, then concat along H (axis 2)
-        Node("aux.reshape", "reshape", ["mix.dilated"], dict(shape=[0, 2, -1, 4])),
-        Node("aux.cat_h", "concat", ["aux.reshape", "aux.reshape"], dict(axis=2)),
-        Node("aux.fc2", "linear", ["aux.cat_h"], dict(out_features=10, bias=True)),
-        Node("logits0", "add", ["last_linear", "aux.fc"]),
-        Node("logits", "add", ["logits0", "aux.fc2"]),
-        Node("prob", "softmax", ["logits"]),
-    ]
-    return random_weights(Graph(nodes, input_shape=(2, 3, 14, 14)), seed)
 
 
 def _input(shape, seed: int = 1) -> np.ndarray:
@@ -136,7 +55,7 @@ def assert_matches_reference(model: Model, outs: dict, x: np.ndarray, tol: float
 
 @pytest.fixture(scope="module")
 def model() -> Model:
-    return all_ops_model()
+    return all_ops.mixed_14()  # the shared every-op fixture (tests/all_ops.py)
 
 
 @pytest.fixture(scope="module")
@@ -450,6 +369,45 @@ def test_registry_and_available():
     assert tfb.available()
 
 
+def test_every_op_has_a_tensorflow_lowering():
+    assert tfb.LOWER.missing() == [] and not tfb.LOWER.refused
+    assert tfb.LOWER.backend == "tensorflow"
+
+
+def test_keras_refusal_and_wrong_shape_name_the_node(model, monkeypatch):
+    """The walk attributes a Keras refusal (ValueError) and a value of the wrong shape to the node
+    being lowered, not to its neighbours."""
+    import keras
+
+    def refuse(c, s, ins):
+        raise ValueError("no such configuration")
+
+    def cropped(c, s, ins):
+        return keras.layers.Cropping2D(((1, 0), (0, 0)), name=c.name(s))(ins[0])
+
+    monkeypatch.setitem(tfb.LOWER._fns, "relu", refuse)
+    with pytest.raises(UnsupportedError, match=r"^node 'layer0.relu1' \(relu\): no TensorFlow mapping: no such conf"):
+        tfb.build(model)
+    monkeypatch.setitem(tfb.LOWER._fns, "relu", cropped)
+    with pytest.raises(ModelError, match=r"^node 'layer0.relu1' \(relu\): TensorFlow shape \(13, 14, 8\) != expected"):
+        tfb.build(model)
+
+
+def test_missing_lowering_fails_before_anything_is_built(model, tmp_path, monkeypatch):
+    """As if 'sigmoid' had just been declared in ops.py: build and both save formats (the SavedModel
+    directory too; tests/test_op_conformance.py covers build and .keras for every table backend)
+    raise the one MissingLowering naming op, node and backend, before any layer or file is made."""
+    monkeypatch.delitem(tfb.LOWER._fns, "sigmoid")
+    for attempt in (
+        lambda: tfb.build(model),
+        lambda: tfb.save(model, tmp_path / "m.keras"),
+        lambda: tfb.save(model, tmp_path / "sm"),
+    ):
+        with pytest.raises(ops.MissingLowering, match=r"backend 'tensorflow' cannot express op 'sigmoid' \(node '"):
+            attempt()
+    assert not list(tmp_path.iterdir())
+
+
 # ------------------------------------------------------------------------------------ real Caffe
 
 
@@ -461,7 +419,7 @@ def test_matches_real_caffe(arch, caffemodel):
     """Every node against real Caffe's per-layer outputs (1e-3 of each layer's max |value|), same
     top-1. SE-BN-Inception keeps its Caffe layer names ('/' included), the others are canonical."""
     from conftest import PROTOTXT_DIR, load_caffe_reference
-    from test_caffe_reference import RTOL, check_against_caffe
+    from parity import RTOL, check_against_caffe
 
     from senet_hub.converters import caffe
 

@@ -1,116 +1,194 @@
 """Chainer: ``SENetChain``, one generic ``chainer.Chain`` built from a canonical Graph.
 
+Two ``Lowerings`` tables driven by the shared walker (``ops.plan`` / ``ops.walk``), as in
+mxnet.py: ``LINKS`` makes, once at construction, the link of each op that has parameters and
+names the link attribute holding each canonical parameter; ``LOWER`` is the forward lowering,
+``fn(ctx, step, inputs) -> Variable``. Attributes come typed (``step.attrs``, ``ops.attrs_of``),
+with the vocabulary's defaults; a node whose op has no lowering is ``ops.MissingLowering``
+naming the op and backend "chainer", raised when the Chain is made, before any forward.
+
 Links mirror the canonical dotted names as nested Chains, so ``layer1.0.conv1`` is
 ``chain.layer1['0'].conv1`` (also ``chain['layer1.0.conv1']``) and its weight is saved as
 ``layer1/0/conv1/W`` by ``chainer.serializers.save_npz``. A name part that would shadow a Chain
 attribute (or collide with another link) gets a trailing ``_``. Only conv (L.Convolution2D with
-``groups``, ``dilate``), batch_norm (L.BatchNormalization with the node's ``eps`` — Chainer's
-default is 2e-5 —, use_gamma, use_beta) and linear (L.Linear) carry parameters; the other ops are
-functions in ``forward``:
+``groups``, ``dilate``; params W, b), batch_norm (L.BatchNormalization with the node's ``eps`` —
+Chainer's default is 2e-5 —, use_gamma, use_beta; params gamma, beta, avg_mean, avg_var) and
+linear (L.Linear; W, b) have links; the other ops are functions in ``forward``:
 
 - conv: asymmetric pads -> ``F.pad`` (zeros) and the link with pad 0.
 - max_pool: ``F.max_pooling_2d(cover_all=ceil)`` with the node's pad when the pads are symmetric
-  and Chainer's output size equals graph.pool_out. Chainer's ``cover_all`` has no Caffe clip rule,
-  so otherwise (clip case, asymmetric pads) the input is padded explicitly with -inf (or cropped)
-  to exactly the canonical windows and pooled with pad 0, ``cover_all=False``.
+  and Chainer's output size equals the canonical one (``PoolAttrs.out_hw``). Chainer's
+  ``cover_all`` has no Caffe clip rule, so otherwise (clip case, asymmetric pads) the input is
+  padded explicitly with -inf (or cropped) to exactly the canonical windows
+  (``PoolAttrs.extent_hw``) and pooled with pad 0, ``cover_all=False``.
 - avg_pool: ``F.average_pooling_2d`` divides by k*k including padding and has no ceil mode. It is
   used as is where that equals the canonical divisor (count_include_pad, symmetric pads, floor
   size); otherwise the input is zero-padded to the canonical windows and the result multiplied by
-  k*k / the canonical divisor map.
+  k*k / the canonical divisor map (``PoolAttrs.divisor``).
 - global_avg_pool -> F.mean; axpy -> F.scale(x, a, axis=0) + y; channel_scale -> F.scale;
-  concat -> F.concat; reshape -> F.reshape (Caffe 0 / -1 resolved from the input shape);
+  concat -> F.concat; reshape -> F.reshape (Caffe 0 / -1 resolved by ``ops.reshape_target``);
   linear -> L.Linear (flattens); softmax -> F.softmax(axis=1); dropout -> F.dropout (identity
   with ``train=False``); input_norm -> F.permutate + F.scale + F.bias with the node's constants.
 
 ``save(model, path)`` writes the ``save_npz`` layout plus one extra key, ``_senet_hub_graph``
 (the graph and metadata as UTF-8 JSON), which ``chainer.serializers.load_npz`` ignores and
 ``load(None, path)`` uses to rebuild the Chain without any other file.
+
+Why this module is long: Chainer's pooling has neither 4-sided pads nor Caffe's clip rule and
+divisors, so those lowerings carry explicit padding and rescaling; the npz save/load (with its
+pickle refusal) shares the link naming defined here.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import FormatError
-from ..graph import Graph, Model, Node, _reshape_target, infer_shapes, output_shape, pool_out
-from ..ops import pool_counts
+from ..graph import Graph, Model, Node, infer_shapes
+from ..ops import (
+    BatchNormAttrs,
+    ConcatAttrs,
+    ConvAttrs,
+    DropoutAttrs,
+    InputNormAttrs,
+    LinearAttrs,
+    Lowerings,
+    PoolAttrs,
+    ReshapeAttrs,
+    Shape,
+    Step,
+    dead_after,
+    graph_shapes,
+    plan,
+    reshape_target,
+    walk,
+)
 from .compat import import_chainer, version_of
 
 NAME = "chainer"
 EXTRA = "chainer"
 GRAPH_KEY = "_senet_hub_graph"
 
-_PARAMS = {
-    "conv": {"weight": "W", "bias": "b"},
-    "linear": {"weight": "W", "bias": "b"},
-    "batch_norm": {"weight": "gamma", "bias": "beta", "running_mean": "avg_mean", "running_var": "avg_var"},
-}
-
 
 def available() -> str | None:
     return version_of("chainer")
 
 
-def _shapes(graph: Graph, input_shape: tuple[int, ...] | None = None) -> dict[str, tuple[int, ...]]:
-    shapes = {graph.input_name: tuple(input_shape or graph.input_shape)}
-    for n in graph.nodes:
-        shapes[n.name] = output_shape(n, [shapes[i] for i in n.inputs])
-    return shapes
+@dataclass
+class _Ctx:
+    """What a forward lowering needs besides its inputs: chainer.functions and the Chain's links."""
+
+    F: Any
+    chain: Any
 
 
-def _pads(a: dict) -> tuple[int, int, int, int]:
-    return tuple(int(p) for p in a.get("pad", (0, 0, 0, 0)))  # type: ignore[return-value]
+# ``fn(step, input shape) -> (link, {canonical parameter: link attribute})``: ops with parameters only
+LinkFn = Callable[[Step, Shape], tuple[Any, dict[str, str]]]
+# ``fn(ctx, step, inputs) -> Variable``: every op
+LowerFn = Callable[[_Ctx, Step, list[Any]], Any]
+LINKS: Lowerings[LinkFn] = Lowerings("chainer")
+LOWER: Lowerings[LowerFn] = Lowerings("chainer")
 
 
-def _make_link(node: Node, in_shape: tuple[int, ...]) -> Any:
-    import_chainer()
+def _links() -> Any:
+    import_chainer()  # the compat shim first: chainer.links imports chainer
     import chainer.links as L
 
-    a = node.attrs
-    if node.op == "conv":
-        pt, pl, pb, pr = _pads(a)
-        pad = (pt, pl) if (pt, pl) == (pb, pr) else 0
-        return L.Convolution2D(
-            in_shape[1],
-            int(a["out_channels"]),
-            ksize=tuple(a["kernel"]),
-            stride=tuple(a["stride"]),
-            pad=pad,
-            nobias=not a.get("bias", True),
-            dilate=tuple(a.get("dilation", (1, 1))),
-            groups=int(a.get("groups", 1)),
-        )
-    if node.op == "batch_norm":
-        return L.BatchNormalization(in_shape[1], eps=float(a["eps"]), use_gamma=True, use_beta=True)
-    if node.op == "linear":
-        return L.Linear(int(np.prod(in_shape[1:])), int(a["out_features"]), nobias=not a.get("bias", True))
-    raise ValueError(node.op)
+    return L
 
 
-def _pool(F: Any, x: Any, a: dict, is_max: bool) -> Any:
-    """Pooling with graph.pool_out's windows and divisors (see the module docstring)."""
+def _symmetric(pad: tuple[int, int, int, int]) -> bool:
+    """Pads Chainer's own conv / pooling can express: top == bottom and left == right."""
+    pt, pl, pb, pr = pad
+    return (pt, pl) == (pb, pr)
+
+
+# ------------------------------------------------------------------------------------ links
+
+
+@LINKS.register("conv")
+def _conv_link(s: Step, x: Shape) -> tuple[Any, dict[str, str]]:
+    a: ConvAttrs = s.attrs
+    pt, pl, _, _ = a.pad
+    link = _links().Convolution2D(
+        x[1],
+        a.out_channels,
+        ksize=a.kernel,
+        stride=a.stride,
+        pad=(pt, pl) if _symmetric(a.pad) else 0,  # asymmetric: F.pad in the forward lowering
+        nobias=not a.bias,
+        dilate=a.dilation,
+        groups=a.groups,
+    )
+    return link, {"weight": "W", "bias": "b"}
+
+
+@LINKS.register("batch_norm")
+def _bn_link(s: Step, x: Shape) -> tuple[Any, dict[str, str]]:
+    a: BatchNormAttrs = s.attrs
+    link = _links().BatchNormalization(x[1], eps=a.eps, use_gamma=True, use_beta=True)
+    return link, {"weight": "gamma", "bias": "beta", "running_mean": "avg_mean", "running_var": "avg_var"}
+
+
+@LINKS.register("linear")
+def _linear_link(s: Step, x: Shape) -> tuple[Any, dict[str, str]]:
+    a: LinearAttrs = s.attrs
+    return _links().Linear(math.prod(x[1:]), a.out_features, nobias=not a.bias), {"weight": "W", "bias": "b"}
+
+
+# ---------------------------------------------------------------------------- forward lowerings
+
+
+@LOWER.register("conv")
+def _conv(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    x, a = ins[0], s.attrs
+    if not _symmetric(a.pad):
+        pt, pl, pb, pr = a.pad
+        x = c.F.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), "constant", constant_values=0.0)
+    return c.chain[s.name](x)
+
+
+@LOWER.register("batch_norm", "linear")
+def _link(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return c.chain[s.name](ins[0])  # L.Linear flattens its input itself
+
+
+@LOWER.register("relu")
+def _relu(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return c.F.relu(ins[0])
+
+
+@LOWER.register("sigmoid")
+def _sigmoid(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return c.F.sigmoid(ins[0])
+
+
+def _pool(F: Any, x: Any, a: PoolAttrs, is_max: bool) -> Any:
+    """Pooling with the canonical windows and divisors (see the module docstring)."""
     from chainer.utils.conv import get_conv_outsize
 
-    (kh, kw), (sh, sw) = a["kernel"], a["stride"]
-    pt, pl, pb, pr = _pads(a)
-    ceil = bool(a.get("ceil", False))
-    inc = bool(a.get("count_include_pad", True))
+    (kh, kw), (sh, sw), (pt, pl, _, _) = a.kernel, a.stride, a.pad
     h, w = x.shape[2:4]
-    ho, wo = pool_out(h, kh, sh, pt, pb, ceil), pool_out(w, kw, sw, pl, pr, ceil)
-    if (pt, pl) == (pb, pr):
-        cover = ceil and is_max  # average pooling in Chainer is floor only
+    ho, wo = a.out_hw(h, w)
+    if _symmetric(a.pad):
+        cover = a.ceil and is_max  # average pooling in Chainer is floor only
+        # Chainer's own output size: where it is the canonical one, its pooling is used as is
         native = (get_conv_outsize(h, kh, sh, pt, cover_all=cover), get_conv_outsize(w, kw, sw, pl, cover_all=cover))
-        if native == (ho, wo) and (is_max or inc):
+        if native == (ho, wo) and (is_max or a.count_include_pad):
             if is_max:
-                return F.max_pooling_2d(x, (kh, kw), (sh, sw), pad=(pt, pl), cover_all=ceil)
+                return F.max_pooling_2d(x, (kh, kw), (sh, sw), pad=(pt, pl), cover_all=a.ceil)
             return F.average_pooling_2d(x, (kh, kw), (sh, sw), pad=(pt, pl))
     # explicit: pad (or crop) so that exactly the canonical windows fit, then pool with pad 0
-    eb, er = (ho - 1) * sh + kh - h - pt, (wo - 1) * sw + kw - w - pl
+    eh, ew = a.extent_hw(h, w)
+    eb, er = eh - h - pt, ew - w - pl
     if eb < 0 or er < 0:
         x = x[:, :, : h + min(eb, 0), : w + min(er, 0)]
     width = ((0, 0), (0, 0), (pt, max(eb, 0)), (pl, max(er, 0)))
@@ -118,11 +196,83 @@ def _pool(F: Any, x: Any, a: dict, is_max: bool) -> Any:
         x = F.pad(x, width, "constant", constant_values=-np.inf if is_max else 0.0)
     if is_max:
         return F.max_pooling_2d(x, (kh, kw), (sh, sw), pad=0, cover_all=False)
-    y = F.average_pooling_2d(x, (kh, kw), (sh, sw), pad=0)
-    count = np.outer(pool_counts(h, kh, sh, pt, pb, ho, inc), pool_counts(w, kw, sw, pl, pr, wo, inc))
+    y = F.average_pooling_2d(x, (kh, kw), (sh, sw), pad=0)  # sum / (kh * kw)
+    count = a.divisor(h, w)
     if (count == kh * kw).all():
         return y
     return F.scale(y, (kh * kw / count).astype(y.dtype), axis=2)
+
+
+@LOWER.register("max_pool")
+def _max_pool(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return _pool(c.F, ins[0], s.attrs, True)
+
+
+@LOWER.register("avg_pool")
+def _avg_pool(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return _pool(c.F, ins[0], s.attrs, False)
+
+
+@LOWER.register("global_avg_pool")
+def _global_avg_pool(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return c.F.mean(ins[0], axis=(2, 3), keepdims=True)
+
+
+@LOWER.register("axpy")
+def _axpy(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    a, x, y = ins
+    return c.F.scale(x, c.F.reshape(a, a.shape[:2]), axis=0) + y
+
+
+@LOWER.register("channel_scale")
+def _channel_scale(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    x, scale = ins
+    return c.F.scale(x, c.F.reshape(scale, x.shape[:2]), axis=0)
+
+
+@LOWER.register("add")
+def _add(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return ins[0] + ins[1]
+
+
+@LOWER.register("concat")
+def _concat(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    a: ConcatAttrs = s.attrs
+    return c.F.concat(ins, axis=a.axis)
+
+
+@LOWER.register("reshape")
+def _reshape(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    a: ReshapeAttrs = s.attrs
+    return c.F.reshape(ins[0], reshape_target(tuple(ins[0].shape), a.shape))
+
+
+@LOWER.register("flatten")
+def _flatten(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return c.F.reshape(ins[0], (ins[0].shape[0], -1))
+
+
+@LOWER.register("softmax")
+def _softmax(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return c.F.softmax(ins[0], axis=1)
+
+
+@LOWER.register("dropout")
+def _dropout(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    a: DropoutAttrs = s.attrs
+    # the identity with train=False; F.dropout refuses ratios outside (0, 1)
+    return c.F.dropout(ins[0], a.ratio) if 0 < a.ratio < 1 else c.F.identity(ins[0])
+
+
+@LOWER.register("input_norm")
+def _input_norm(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    a: InputNormAttrs = s.attrs
+    x = c.F.permutate(ins[0], np.asarray(a.perm, np.int32), axis=1)
+    x = c.F.scale(x, np.asarray(a.scale, x.dtype), axis=1)
+    return c.F.bias(x, np.asarray(a.shift, x.dtype), axis=1)
+
+
+# ---------------------------------------------------------------------------------------- Chain
 
 
 def _chain_class() -> type:
@@ -133,14 +283,23 @@ def _chain_class() -> type:
 
         def __init__(self, graph: Graph, meta: dict | None = None) -> None:
             super().__init__()
+            # planned once: typed attributes and lowerings looked up here, not per forward; a
+            # missing lowering fails here (MissingLowering), before any link is made
+            steps = plan(graph, LOWER)
             self._graph = graph
             self.meta = dict(meta or {})
+            # new attributes are prefixed: chainer.Link keeps its own (its _params is the parameter set)
+            self._senet_steps = steps
+            self._senet_dead = dead_after(graph)  # values freed after their last use when not tapping
             self._paths: dict[str, tuple[str, ...]] = {}
-            shapes = _shapes(graph)
+            self._senet_params: dict[str, dict[str, str]] = {}  # node -> canonical parameter -> link attribute
+            shapes = graph_shapes(graph)
             with self.init_scope():
-                for n in graph.nodes:
-                    if n.op in _PARAMS:
-                        self._place(n.name, _make_link(n, shapes[n.inputs[0]]))
+                for s in steps:
+                    if s.op in LINKS:
+                        link, names = LINKS.get(s.op, s.name)(s, shapes[s.inputs[0]])
+                        self._place(s.name, link)
+                        self._senet_params[s.name] = names
 
         @property
         def graph(self) -> Graph:
@@ -177,73 +336,19 @@ def _chain_class() -> type:
 
         def load_weights(self, model: Model) -> None:
             """Copy a canonical Model's weights into the links."""
-            for n in self._graph.nodes:
-                link = self[n.name] if n.op in _PARAMS else None
-                for p in n.param_names():
-                    dst = getattr(link, _PARAMS[n.op][p])
+            for s in self._senet_steps:
+                names = self._senet_params.get(s.name, {})
+                for p in s.node.param_names():
+                    dst = getattr(self[s.name], names[p])
                     arr = dst.array if hasattr(dst, "array") else dst
-                    arr[...] = np.asarray(model.param(n.name, p), np.float32).reshape(arr.shape)
+                    arr[...] = np.asarray(model.param(s.name, p), np.float32).reshape(arr.shape)
 
         def forward(self, x: Any, taps: bool = False) -> Any:
             import chainer.functions as F
 
             g = self._graph
-            vals = {g.input_name: x}
-            last_use: dict[str, int] = {}
-            for i, n in enumerate(g.nodes):
-                for v in n.inputs:
-                    last_use[v] = i
-            out = {}
-            for i, n in enumerate(g.nodes):
-                y = self._node(F, n, [vals[v] for v in n.inputs])
-                vals[n.name] = y
-                if taps:
-                    out[n.name] = y
-                else:
-                    for v in n.inputs:
-                        if last_use.get(v) == i and v != g.output:
-                            vals.pop(v, None)
-            return out if taps else vals[g.output]
-
-        def _node(self, F: Any, n: Node, ins: list) -> Any:
-            a, op, x = n.attrs, n.op, ins[0]
-            if op in ("conv", "batch_norm", "linear"):
-                if op == "conv":
-                    pt, pl, pb, pr = _pads(a)
-                    if (pt, pl) != (pb, pr):
-                        x = F.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), "constant", constant_values=0.0)
-                return self[n.name](x)
-            if op == "relu":
-                return F.relu(x)
-            if op == "sigmoid":
-                return F.sigmoid(x)
-            if op in ("max_pool", "avg_pool"):
-                return _pool(F, x, a, op == "max_pool")
-            if op == "global_avg_pool":
-                return F.mean(x, axis=(2, 3), keepdims=True)
-            if op == "axpy":
-                s = F.reshape(x, x.shape[:2])
-                return F.scale(ins[1], s, axis=0) + ins[2]
-            if op == "channel_scale":
-                return F.scale(x, F.reshape(ins[1], x.shape[:2]), axis=0)
-            if op == "add":
-                return x + ins[1]
-            if op == "concat":
-                return F.concat(ins, axis=int(a.get("axis", 1)))
-            if op == "reshape":
-                return F.reshape(x, _reshape_target(tuple(x.shape), list(a["shape"])))
-            if op == "flatten":
-                return F.reshape(x, (x.shape[0], -1))
-            if op == "softmax":
-                return F.softmax(x, axis=1)
-            if op == "dropout":
-                ratio = float(a.get("ratio", 0.5))
-                return F.dropout(x, ratio) if 0 < ratio < 1 else F.identity(x)
-            if op == "input_norm":
-                x = F.permutate(x, np.asarray(a["perm"], np.int32), axis=1)
-                x = F.scale(x, np.asarray(a["scale"], x.dtype), axis=1)
-                return F.bias(x, np.asarray(a["shift"], x.dtype), axis=1)
-            raise NotImplementedError(op)
+            out = walk(g, self._senet_steps, _Ctx(F, self), x, taps=taps, dead=self._senet_dead)
+            return out if taps else out[g.output]
 
     SENetChain.__module__ = __name__
     SENetChain.__qualname__ = "SENetChain"
@@ -264,6 +369,7 @@ def __getattr__(name: str) -> Any:
 
 def build(model: Model) -> Any:
     """A SENetChain holding the model's weights (float32)."""
+    plan(model.graph, LOWER)  # a missing lowering fails here, before Chainer is imported
     infer_shapes(model)
     chain = __getattr__("SENetChain")(model.graph, model.meta)
     chain.load_weights(model)
@@ -313,8 +419,8 @@ def save(model: Model, path: str | os.PathLike, compression: bool = True, **_: A
 
     path = os.fspath(path)
     check_writable(path)
+    chain = build(model)  # a missing lowering fails first, before Chainer is imported
     chainer = import_chainer()
-    chain = build(model)
     ser = chainer.serializers.DictionarySerializer()
     ser.save(chain)
     target = dict(sorted(ser.target.items()))  # Chain keeps children in a set: sort for stable bytes

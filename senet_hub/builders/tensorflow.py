@@ -1,6 +1,9 @@
 """TensorFlow / Keras 3: the canonical graph as a functional ``keras.Model`` of native layers.
 
-``build(model, layout="nhwc")`` walks the graph (no per-architecture code). Values are NHWC
+``build(model, layout="nhwc")`` walks the graph (no per-architecture code): ``LOWER`` is this
+backend's ``ops.Lowerings`` table, one small function per op, ``fn(ctx, step, inputs) ->
+KerasTensor``, driven by the shared ``ops.walk``; ``ops.plan`` raises ``ops.MissingLowering``
+(naming the op, the node and "tensorflow") before any layer is made. Values are NHWC
 inside (TF's native layout): every 4-D canonical value is an N x H x W x C tensor, values of any
 other rank keep the canonical layout. With ``layout="nchw"`` the model takes N x C x H x W input
 and a ``Permute`` turns it into NHWC first. The batch size is free; the spatial size is fixed
@@ -21,12 +24,12 @@ Op mapping (every setting whose Keras default differs is passed explicitly; ever
 - batch_norm -> ``BatchNormalization(axis=-1, epsilon=eps)`` with gamma, beta, moving mean, var.
 - relu -> ``ReLU``; sigmoid -> ``Activation("sigmoid")``; softmax -> ``Softmax`` on the
   channel axis; dropout -> ``Dropout(ratio)`` (identity at inference).
-- max_pool / avg_pool with graph.py's output size (ceil with Caffe's clip rule, 4-sided pads):
+- max_pool / avg_pool with ``ops.PoolAttrs.out_hw`` (ceil with Caffe's clip rule, 4-sided pads):
   the input is zero-padded / cropped to exactly the ``(out - 1) * stride + kernel`` rows and
   columns the windows read, then ``MaxPooling2D`` / ``AveragePooling2D`` with ``"valid"``.
   Max pooling: two ``Rescaling(scale=1, offset=mask)`` layers put the most negative float32 on
   padded rows and columns (x * 1 + 0 = x exactly), so padding never wins. Average pooling:
-  where a window's divisor (graph.py's count rule) is not kh * kw, two ``Rescaling`` layers
+  where a window's divisor (``ops.pool_counts`` per axis) is not kh * kw, two ``Rescaling`` layers
   multiply rows by kh / count_h and columns by kw / count_w. Keras' ``"same"`` pooling matches
   neither rule and is never used.
 - global_avg_pool -> ``GlobalAveragePooling2D(keepdims=True)``.
@@ -50,6 +53,10 @@ values transposed back to NCHW), or only the graph output.
 directory whose ``serving_default`` signature takes ``data``: float32 ``[None, H, W, C]`` (or
 ``[None, C, H, W]`` with ``layout="nchw"``) and returns ``{<output node>: output}``. Both are
 written under a temporary name in the target directory and renamed when complete.
+
+Why this module is long: Keras has no pooling with 4-sided pads, Caffe's clip rule or its
+divisors, and no NCHW reshape semantics, so several lowerings are a few layers each; they sit
+next to the one table they belong to, with the save/load code that shares their layer naming.
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ import os
 import re
 import sys
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,8 +104,21 @@ with _quiet_fd2():
     import tensorflow as tf
 
 from ..errors import ModelError, OutputError, UnsupportedError  # noqa: E402
-from ..graph import Model, infer_shapes, pool_out  # noqa: E402
-from ..ops import pool_counts  # noqa: E402
+from ..graph import Model, infer_shapes  # noqa: E402
+from ..ops import (  # noqa: E402
+    BatchNormAttrs,
+    ConcatAttrs,
+    ConvAttrs,
+    DropoutAttrs,
+    InputNormAttrs,
+    LinearAttrs,
+    Lowerings,
+    PoolAttrs,
+    Step,
+    plan,
+    pool_counts,
+    walk,
+)
 
 NAME = "tensorflow"
 EXTRA = "tensorflow"
@@ -164,253 +184,297 @@ def _f32(a: Any) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-class _Walker:
-    def __init__(self, model: Model, shapes: dict[str, tuple[int, ...]], layout: str) -> None:
-        self.model, self.shapes, self.layout = model, shapes, layout
-        self.taken: set[str] = set()
-        self.layers: dict[str, str] = {}
-        # canonical nodes get their names first; helpers never take a node's name
-        for n in model.graph.nodes:
-            self.layers[n.name] = self._unique(keras_name(n.name))
+@dataclass
+class _Ctx:
+    """What a lowering needs besides its inputs: the model (weights), every value's canonical
+    shape, and the Keras layer names taken so far (canonical nodes first, helpers as they come)."""
 
-    def _unique(self, base: str) -> str:
+    model: Model
+    shapes: dict[str, tuple[int, ...]]
+    steps: list[Step]
+    taken: set[str] = field(default_factory=set)
+    layers: dict[str, str] = field(default_factory=dict)  # canonical node -> Keras layer name
+    done: int = 0  # steps whose value has been made and checked (the walk's position)
+
+    def __post_init__(self) -> None:
+        # canonical nodes get their names first, in graph order; helpers never take a node's name
+        for s in self.steps:
+            self.layers[s.name] = self.unique(keras_name(s.name))
+
+    def unique(self, base: str) -> str:
         name, i = base, 2
         while name in self.taken:
             name, i = f"{base}_{i}", i + 1
         self.taken.add(name)
         return name
 
-    def aux(self, node: str, what: str) -> str:
-        return self._unique(f"{self.layers[node]}__{what}")
+    def name(self, s: Step) -> str:
+        """The Keras name of the layer that produces the node's value."""
+        return self.layers[s.name]
 
-    # ------------------------------------------------------------------------------ the walk
+    def aux(self, s: Step, what: str) -> str:
+        """A helper layer's name: ``<node>__<what>``."""
+        return self.unique(f"{self.layers[s.name]}__{what}")
 
-    def walk(self) -> tuple[Any, dict[str, Any]]:
-        g = self.model.graph
-        n_, c, h, w = self.shapes[g.input_name]
-        in_name = keras_name(g.input_name)
-        if in_name in self.taken:
-            in_name = self._unique(in_name)
-        self.taken.add(in_name)
-        if self.layout == "nchw":
-            inp = keras.Input(shape=(c, h, w), name=in_name, dtype="float32")
-            x = _L.Permute((2, 3, 1), name=self._unique(f"{in_name}__nhwc"), **_COMMON)(inp)
-        else:
-            inp = keras.Input(shape=(h, w, c), name=in_name, dtype="float32")
-            x = inp
-        vals: dict[str, Any] = {g.input_name: x}
-        for n in g.nodes:
-            ins = [vals[i] for i in n.inputs]
-            try:
-                y = self.node(n, ins)
-            except (ValueError, TypeError) as e:  # Keras refusing a configuration
-                raise UnsupportedError(f"node '{n.name}' ({n.op}): no TensorFlow mapping: {e}") from None
-            want = self._native_shape(self.shapes[n.name])
-            got = tuple(y.shape[1:])
-            if got != want:
-                raise ModelError(f"node '{n.name}' ({n.op}): TensorFlow shape {got} != expected {want}")
-            vals[n.name] = y
-        return inp, {n.name: vals[n.name] for n in g.nodes}
+    def in_shape(self, s: Step, i: int = 0) -> tuple[int, ...]:
+        """The canonical (NCHW) shape of the step's i-th input."""
+        return self.shapes[s.inputs[i]]
 
-    @staticmethod
-    def _native_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-        if len(shape) == 4:
-            return (shape[2], shape[3], shape[1])
-        return tuple(shape[1:])
+    def params(self, s: Step) -> dict[str, np.ndarray]:
+        return {p: _f32(self.model.weights[f"{s.name}.{p}"]) for p in s.node.param_names()}
 
-    def node(self, n: Any, ins: list[Any]) -> Any:
-        op, a, name = n.op, n.attrs, self.layers[n.name]
-        in_shape = self.shapes[n.inputs[0]] if n.inputs else ()
-        x = ins[0] if ins else None
-        if op == "conv":
-            return self._conv(n, x, in_shape)
-        if op == "batch_norm":
-            if len(in_shape) not in (2, 4):
-                raise UnsupportedError(f"node '{n.name}': batch_norm on a rank-{len(in_shape)} value")
-            layer = _L.BatchNormalization(axis=-1, epsilon=float(a["eps"]), name=name, **_COMMON)
-            y = layer(x)
-            p = self._params(n)
-            layer.set_weights([p["weight"], p["bias"], p["running_mean"], p["running_var"]])
-            return y
-        if op == "relu":
-            return _L.ReLU(name=name, **_COMMON)(x)
-        if op == "sigmoid":
-            return _L.Activation("sigmoid", name=name, **_COMMON)(x)
-        if op in ("max_pool", "avg_pool"):
-            return self._pool(n, x, in_shape, op == "max_pool")
-        if op == "global_avg_pool":
-            return _L.GlobalAveragePooling2D(keepdims=True, name=name, **_CL)(x)
-        if op == "axpy":
-            out_rank = len(self.shapes[n.name])
-            gate = self._gate(n, ins[0], self.shapes[n.inputs[0]], out_rank)
-            ax = _L.Multiply(name=self.aux(n.name, "mul"), **_COMMON)([gate, ins[1]])
-            return _L.Add(name=name, **_COMMON)([ax, ins[2]])
-        if op == "channel_scale":
-            gate = self._gate(n, ins[1], self.shapes[n.inputs[1]], len(in_shape))
-            return _L.Multiply(name=name, **_COMMON)([x, gate])
-        if op == "add":
-            return _L.Add(name=name, **_COMMON)(ins)
-        if op == "concat":
-            rank = len(in_shape)
-            axis = int(a.get("axis", 1)) % rank
-            if axis == 0:
-                raise UnsupportedError(f"node '{n.name}': concat along the batch axis")
-            if rank == 4:
-                axis = {1: 3, 2: 1, 3: 2}[axis]
-            return _L.Concatenate(axis=axis, name=name, **_COMMON)(ins)
-        if op == "reshape":
-            return self._reshape(n, x, in_shape, self.shapes[n.name])
-        if op == "flatten":
-            return _L.Flatten(name=name, **_CL)(self._c_order(n, x, in_shape))
-        if op == "linear":
-            return self._linear(n, x, in_shape)
-        if op == "softmax":
-            return _L.Softmax(axis=-1 if len(in_shape) == 4 else 1, name=name, **_COMMON)(x)
-        if op == "dropout":
-            return _L.Dropout(rate=float(a.get("ratio", 0.0)), name=name, **_COMMON)(x)
-        if op == "input_norm":
-            return self._input_norm(n, x, in_shape)
-        raise UnsupportedError(f"node '{n.name}': op '{op}' has no TensorFlow mapping")
+    def check(self, name: str, y: Any) -> None:
+        """``walk``'s on_value: the Keras value must have the canonical shape (in NHWC for 4-D)."""
+        s = self.steps[self.done]
+        want, got = _native_shape(self.shapes[name]), tuple(y.shape[1:])
+        if got != want:
+            raise ModelError(f"node '{name}' ({s.op}): TensorFlow shape {got} != expected {want}")
+        self.done += 1
 
-    def _params(self, n: Any) -> dict[str, np.ndarray]:
-        return {p: _f32(self.model.weights[f"{n.name}.{p}"]) for p in n.param_names()}
 
-    # ------------------------------------------------------------------------------- ops
+def _native_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A canonical shape as Keras sees it, without the batch: N x C x H x W -> (H, W, C)."""
+    if len(shape) == 4:
+        return (shape[2], shape[3], shape[1])
+    return tuple(shape[1:])
 
-    def _conv(self, n: Any, x: Any, in_shape: tuple[int, ...]) -> Any:
-        a, name = n.attrs, self.layers[n.name]
-        pt, pl, pb, pr = (int(p) for p in a["pad"])
-        kh, kw = (int(k) for k in a["kernel"])
-        sh, sw = (int(s) for s in a["stride"])
-        dh, dw = (int(d) for d in a.get("dilation", (1, 1)))
-        groups, bias = int(a.get("groups", 1)), bool(a.get("bias", True))
-        if pt or pl or pb or pr:
-            x = _L.ZeroPadding2D(((pt, pb), (pl, pr)), name=self.aux(n.name, "pad"), **_CL)(x)
-        split = max(sh, sw) > 1 and max(dh, dw) > 1  # Keras refuses stride and dilation together
-        layer = _L.Conv2D(
-            int(a["out_channels"]),
-            (kh, kw),
-            strides=(1, 1) if split else (sh, sw),
-            padding="valid",
-            dilation_rate=(dh, dw),
-            groups=groups,
-            use_bias=bias,
-            name=self.aux(n.name, "conv") if split else name,
-            **_CL,
-        )
-        y = layer(x)
-        p = self._params(n)
-        kernel = p["weight"].transpose(2, 3, 1, 0)  # OIHW -> HWIO (I per group)
-        layer.set_weights([kernel, p["bias"]] if bias else [kernel])
-        if split:
-            y = _L.MaxPooling2D((1, 1), strides=(sh, sw), padding="valid", name=name, **_CL)(y)
-        return y
 
-    def _pool(self, n: Any, x: Any, in_shape: tuple[int, ...], is_max: bool) -> Any:
-        a, name = n.attrs, self.layers[n.name]
-        (kh, kw), (sh, sw), (pt, pl, pb, pr) = (
-            tuple(int(v) for v in a["kernel"]),
-            tuple(int(v) for v in a["stride"]),
-            tuple(int(v) for v in a["pad"]),
-        )
-        ceil = bool(a.get("ceil", False))
-        h, w = in_shape[2], in_shape[3]
-        ho, wo = pool_out(h, kh, sh, pt, pb, ceil), pool_out(w, kw, sw, pl, pr, ceil)
-        eh, ew = (ho - 1) * sh + kh, (wo - 1) * sw + kw  # exactly the rows/columns the windows read
-        if is_max and (pt >= kh or pl >= kw or eh - pt - h >= kh or ew - pl - w >= kw):
-            raise UnsupportedError(f"node '{n.name}': a max-pool window lies entirely in the padding")
-        bottom, right = eh - pt - h, ew - pl - w
-        if pt or pl or bottom > 0 or right > 0:
-            pads = ((pt, max(bottom, 0)), (pl, max(right, 0)))
-            x = _L.ZeroPadding2D(pads, name=self.aux(n.name, "pad"), **_CL)(x)
-        if bottom < 0 or right < 0:  # rows/columns no window reads
-            crop = ((0, max(-bottom, 0)), (0, max(-right, 0)))
-            x = _L.Cropping2D(crop, name=self.aux(n.name, "crop"), **_CL)(x)
-        if is_max:
-            rows = (np.arange(eh) < pt) | (np.arange(eh) >= pt + h)
-            cols = (np.arange(ew) < pl) | (np.arange(ew) >= pl + w)
-            if rows.any():
-                off = np.where(rows, _NEG, 0.0).astype(np.float32).reshape(eh, 1, 1)
-                x = _L.Rescaling(1.0, off, name=self.aux(n.name, "pad_rows"), **_COMMON)(x)
-            if cols.any():
-                off = np.where(cols, _NEG, 0.0).astype(np.float32).reshape(1, ew, 1)
-                x = _L.Rescaling(1.0, off, name=self.aux(n.name, "pad_cols"), **_COMMON)(x)
-            return _L.MaxPooling2D((kh, kw), strides=(sh, sw), padding="valid", name=name, **_CL)(x)
-        inc = bool(a.get("count_include_pad", True))
-        fh = kh / pool_counts(h, kh, sh, pt, pb, ho, inc)  # AveragePooling2D divides by kh * kw
-        fw = kw / pool_counts(w, kw, sw, pl, pr, wo, inc)
-        fix_h, fix_w = bool((fh != 1).any()), bool((fw != 1).any())
-        last = not (fix_h or fix_w)
-        pool_name = name if last else self.aux(n.name, "avg")
-        y = _L.AveragePooling2D((kh, kw), strides=(sh, sw), padding="valid", name=pool_name, **_CL)(x)
-        if fix_h:
-            y = _L.Rescaling(
-                fh.astype(np.float32).reshape(ho, 1, 1),
-                name=name if not fix_w else self.aux(n.name, "div_rows"),
-                **_COMMON,
-            )(y)
-        if fix_w:
-            y = _L.Rescaling(fw.astype(np.float32).reshape(1, wo, 1), name=name, **_COMMON)(y)
-        return y
+LowerFn = Callable[[_Ctx, Step, list[Any]], Any]
+# ``fn(ctx, step, inputs) -> KerasTensor``: the node's value, made by a layer named ``ctx.name(step)``
+LOWER: Lowerings[LowerFn] = Lowerings("tensorflow")
 
-    def _gate(self, n: Any, t: Any, shape: tuple[int, ...], target_rank: int) -> Any:
-        """An N x C (x 1 x 1) gate as a tensor that broadcasts over the target's channels."""
-        c = shape[1]
-        if target_rank == 4 and len(shape) != 4:
-            return _L.Reshape((1, 1, c), name=self.aux(n.name, "gate"), **_COMMON)(t)
-        if target_rank != 4 and len(shape) != target_rank:
-            return _L.Reshape((c,) + (1,) * (target_rank - 2), name=self.aux(n.name, "gate"), **_COMMON)(t)
-        return t
 
-    def _c_order(self, n: Any, x: Any, shape: tuple[int, ...]) -> Any:
-        """A 4-D NHWC value as NCHW, when the two orders differ in memory."""
-        if len(shape) == 4 and shape[1] > 1 and shape[2] * shape[3] > 1:
-            return _L.Permute((3, 1, 2), name=self.aux(n.name, "nchw"), **_COMMON)(x)
-        return x
+@LOWER.register("conv")
+def _conv(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    a: ConvAttrs = s.attrs
+    x, name = ins[0], c.name(s)
+    (pt, pl, pb, pr), (sh, sw), (dh, dw) = a.pad, a.stride, a.dilation
+    if pt or pl or pb or pr:
+        x = _L.ZeroPadding2D(((pt, pb), (pl, pr)), name=c.aux(s, "pad"), **_CL)(x)
+    split = max(sh, sw) > 1 and max(dh, dw) > 1  # Keras refuses stride and dilation together
+    layer = _L.Conv2D(
+        a.out_channels,
+        a.kernel,
+        strides=(1, 1) if split else (sh, sw),
+        padding="valid",
+        dilation_rate=(dh, dw),
+        groups=a.groups,
+        use_bias=a.bias,
+        name=c.aux(s, "conv") if split else name,
+        **_CL,
+    )
+    y = layer(x)
+    p = c.params(s)
+    kernel = p["weight"].transpose(2, 3, 1, 0)  # OIHW -> HWIO (I per group)
+    layer.set_weights([kernel, p["bias"]] if a.bias else [kernel])
+    if split:  # the stride as a 1 x 1 max pool: picks every sh-th row and sw-th column exactly
+        y = _L.MaxPooling2D((1, 1), strides=(sh, sw), padding="valid", name=name, **_CL)(y)
+    return y
 
-    def _reshape(self, n: Any, x: Any, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> Any:
-        name = self.layers[n.name]
-        if out_shape[0] != in_shape[0]:
-            raise UnsupportedError(f"node '{n.name}': reshape changes the batch size ({in_shape} -> {out_shape})")
-        x = self._c_order(n, x, in_shape)
-        if len(out_shape) != 4:
-            return _L.Reshape(tuple(out_shape[1:]), name=name, **_COMMON)(x)
-        _, c, h, w = out_shape
-        if c > 1 and h * w > 1:
-            x = _L.Reshape((c, h, w), name=self.aux(n.name, "reshape"), **_COMMON)(x)
-            return _L.Permute((2, 3, 1), name=name, **_COMMON)(x)
-        return _L.Reshape((h, w, c), name=name, **_COMMON)(x)
 
-    def _linear(self, n: Any, x: Any, in_shape: tuple[int, ...]) -> Any:
-        a, name = n.attrs, self.layers[n.name]
-        p = self._params(n)
-        wt = p["weight"]  # (O, I), I in the canonical C-order of the input
-        if len(in_shape) == 4:
-            _, c, h, w = in_shape
-            wt = wt.reshape(-1, c, h, w).transpose(0, 2, 3, 1).reshape(wt.shape[0], -1)  # rows in H, W, C order
-        if len(in_shape) != 2:
-            x = _L.Flatten(name=self.aux(n.name, "flatten"), **_CL)(x)
-        bias = bool(a.get("bias", True))
-        layer = _L.Dense(int(a["out_features"]), use_bias=bias, name=name, **_COMMON)
-        y = layer(x)
-        layer.set_weights([_f32(wt.T), p["bias"]] if bias else [_f32(wt.T)])
-        return y
+@LOWER.register("batch_norm")
+def _batch_norm(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    a: BatchNormAttrs = s.attrs
+    rank = len(c.in_shape(s))
+    if rank not in (2, 4):  # axis=-1 is the canonical channel axis only for N x C and NHWC values
+        raise UnsupportedError(f"node '{s.name}': batch_norm on a rank-{rank} value")
+    layer = _L.BatchNormalization(axis=-1, epsilon=a.eps, name=c.name(s), **_COMMON)
+    y = layer(ins[0])
+    p = c.params(s)
+    layer.set_weights([p["weight"], p["bias"], p["running_mean"], p["running_var"]])
+    return y
 
-    def _input_norm(self, n: Any, x: Any, in_shape: tuple[int, ...]) -> Any:
-        a, name = n.attrs, self.layers[n.name]
-        if len(in_shape) != 4:
-            raise UnsupportedError(f"node '{n.name}': input_norm on a rank-{len(in_shape)} value")
-        perm = [int(i) for i in a["perm"]]
-        scale, shift = _f32(a["scale"]), _f32(a["shift"])
-        c = len(perm)
-        if perm == list(range(c)):
-            return _L.Rescaling(scale, shift, name=name, **_COMMON)(x)
-        layer = _L.Conv2D(c, (1, 1), padding="valid", use_bias=True, name=name, **_CL)
-        y = layer(x)
-        kernel = np.zeros((1, 1, c, c), np.float32)
-        kernel[0, 0, perm, np.arange(c)] = scale  # out[c] = x[perm[c]] * scale[c] + shift[c]
-        layer.set_weights([kernel, shift])
-        return y
+
+@LOWER.register("relu")
+def _relu(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return _L.ReLU(name=c.name(s), **_COMMON)(ins[0])
+
+
+@LOWER.register("sigmoid")
+def _sigmoid(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return _L.Activation("sigmoid", name=c.name(s), **_COMMON)(ins[0])
+
+
+def _pool_window(c: _Ctx, s: Step, x: Any, is_max: bool) -> Any:
+    """Zero-pad / crop x to exactly the rows and columns the windows read (see the module doc)."""
+    a: PoolAttrs = s.attrs
+    _, _, h, w = c.in_shape(s)
+    (kh, kw), (pt, pl, _, _) = a.kernel, a.pad
+    eh, ew = a.extent_hw(h, w)
+    bottom, right = eh - pt - h, ew - pl - w  # negative: rows / columns at the end no window reads
+    if is_max and (pt >= kh or pl >= kw or bottom >= kh or right >= kw):
+        raise UnsupportedError(f"node '{s.name}': a max-pool window lies entirely in the padding")
+    if pt or pl or bottom > 0 or right > 0:
+        pads = ((pt, max(bottom, 0)), (pl, max(right, 0)))
+        x = _L.ZeroPadding2D(pads, name=c.aux(s, "pad"), **_CL)(x)
+    if bottom < 0 or right < 0:
+        crop = ((0, max(-bottom, 0)), (0, max(-right, 0)))
+        x = _L.Cropping2D(crop, name=c.aux(s, "crop"), **_CL)(x)
+    return x
+
+
+@LOWER.register("max_pool")
+def _max_pool(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    a: PoolAttrs = s.attrs
+    _, _, h, w = c.in_shape(s)
+    (pt, pl, _, _) = a.pad
+    eh, ew = a.extent_hw(h, w)
+    x = _pool_window(c, s, ins[0], True)
+    # padding never wins: padded rows / columns get the most negative float32 (x * 1 + 0 = x exactly)
+    rows = (np.arange(eh) < pt) | (np.arange(eh) >= pt + h)
+    cols = (np.arange(ew) < pl) | (np.arange(ew) >= pl + w)
+    if rows.any():
+        off = np.where(rows, _NEG, 0.0).astype(np.float32).reshape(eh, 1, 1)
+        x = _L.Rescaling(1.0, off, name=c.aux(s, "pad_rows"), **_COMMON)(x)
+    if cols.any():
+        off = np.where(cols, _NEG, 0.0).astype(np.float32).reshape(1, ew, 1)
+        x = _L.Rescaling(1.0, off, name=c.aux(s, "pad_cols"), **_COMMON)(x)
+    return _L.MaxPooling2D(a.kernel, strides=a.stride, padding="valid", name=c.name(s), **_CL)(x)
+
+
+@LOWER.register("avg_pool")
+def _avg_pool(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    a: PoolAttrs = s.attrs
+    _, _, h, w = c.in_shape(s)
+    (kh, kw), (sh, sw), (pt, pl, pb, pr) = a.kernel, a.stride, a.pad
+    ho, wo = a.out_hw(h, w)
+    name = c.name(s)
+    x = _pool_window(c, s, ins[0], False)
+    # AveragePooling2D divides by kh * kw; the divisor is separable (count_h x count_w), so rows
+    # and columns are rescaled by kh / count_h and kw / count_w where they differ
+    inc = a.count_include_pad
+    fh = kh / pool_counts(h, kh, sh, pt, pb, ho, inc)
+    fw = kw / pool_counts(w, kw, sw, pl, pr, wo, inc)
+    fix_h, fix_w = bool((fh != 1).any()), bool((fw != 1).any())
+    pool_name = c.aux(s, "avg") if fix_h or fix_w else name
+    y = _L.AveragePooling2D(a.kernel, strides=a.stride, padding="valid", name=pool_name, **_CL)(x)
+    if fix_h:
+        row_name = c.aux(s, "div_rows") if fix_w else name
+        y = _L.Rescaling(fh.astype(np.float32).reshape(ho, 1, 1), name=row_name, **_COMMON)(y)
+    if fix_w:
+        y = _L.Rescaling(fw.astype(np.float32).reshape(1, wo, 1), name=name, **_COMMON)(y)
+    return y
+
+
+@LOWER.register("global_avg_pool")
+def _global_avg_pool(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return _L.GlobalAveragePooling2D(keepdims=True, name=c.name(s), **_CL)(ins[0])
+
+
+def _gate(c: _Ctx, s: Step, i: int, t: Any, target_rank: int) -> Any:
+    """Input i, an N x C (x 1 x 1) gate, as a tensor that broadcasts over the target's channels."""
+    shape = c.in_shape(s, i)
+    ch = shape[1]
+    if target_rank == 4 and len(shape) != 4:
+        return _L.Reshape((1, 1, ch), name=c.aux(s, "gate"), **_COMMON)(t)
+    if target_rank != 4 and len(shape) != target_rank:
+        return _L.Reshape((ch,) + (1,) * (target_rank - 2), name=c.aux(s, "gate"), **_COMMON)(t)
+    return t
+
+
+@LOWER.register("axpy")
+def _axpy(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    gate = _gate(c, s, 0, ins[0], len(c.shapes[s.name]))
+    ax = _L.Multiply(name=c.aux(s, "mul"), **_COMMON)([gate, ins[1]])
+    return _L.Add(name=c.name(s), **_COMMON)([ax, ins[2]])
+
+
+@LOWER.register("channel_scale")
+def _channel_scale(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    gate = _gate(c, s, 1, ins[1], len(c.in_shape(s)))
+    return _L.Multiply(name=c.name(s), **_COMMON)([ins[0], gate])
+
+
+@LOWER.register("add")
+def _add(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return _L.Add(name=c.name(s), **_COMMON)(ins)
+
+
+@LOWER.register("concat")
+def _concat(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    a: ConcatAttrs = s.attrs
+    rank = len(c.in_shape(s))
+    axis = a.axis % rank
+    if axis == 0:
+        raise UnsupportedError(f"node '{s.name}': concat along the batch axis")
+    if rank == 4:  # NCHW axis -> NHWC axis
+        axis = {1: 3, 2: 1, 3: 2}[axis]
+    return _L.Concatenate(axis=axis, name=c.name(s), **_COMMON)(ins)
+
+
+def _c_order(c: _Ctx, s: Step, x: Any) -> Any:
+    """A 4-D NHWC input as NCHW, when the two orders differ in memory (Caffe's C-order semantics)."""
+    shape = c.in_shape(s)
+    if len(shape) == 4 and shape[1] > 1 and shape[2] * shape[3] > 1:
+        return _L.Permute((3, 1, 2), name=c.aux(s, "nchw"), **_COMMON)(x)
+    return x
+
+
+@LOWER.register("reshape")
+def _reshape(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    in_shape, out_shape, name = c.in_shape(s), c.shapes[s.name], c.name(s)
+    if out_shape[0] != in_shape[0]:
+        raise UnsupportedError(f"node '{s.name}': reshape changes the batch size ({in_shape} -> {out_shape})")
+    x = _c_order(c, s, ins[0])
+    if len(out_shape) != 4:
+        return _L.Reshape(tuple(out_shape[1:]), name=name, **_COMMON)(x)
+    _, ch, h, w = out_shape
+    if ch > 1 and h * w > 1:  # a 4-D result in C-order, back to NHWC
+        x = _L.Reshape((ch, h, w), name=c.aux(s, "reshape"), **_COMMON)(x)
+        return _L.Permute((2, 3, 1), name=name, **_COMMON)(x)
+    return _L.Reshape((h, w, ch), name=name, **_COMMON)(x)
+
+
+@LOWER.register("flatten")
+def _flatten(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    return _L.Flatten(name=c.name(s), **_CL)(_c_order(c, s, ins[0]))
+
+
+@LOWER.register("linear")
+def _linear(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    a: LinearAttrs = s.attrs
+    x, in_shape = ins[0], c.in_shape(s)
+    p = c.params(s)
+    wt = p["weight"]  # (O, I), I in the canonical C-order of the input
+    if len(in_shape) == 4:  # the Flatten below reads NHWC: rows permuted to H, W, C order (exact)
+        _, ch, h, w = in_shape
+        wt = wt.reshape(-1, ch, h, w).transpose(0, 2, 3, 1).reshape(wt.shape[0], -1)
+    if len(in_shape) != 2:
+        x = _L.Flatten(name=c.aux(s, "flatten"), **_CL)(x)
+    layer = _L.Dense(a.out_features, use_bias=a.bias, name=c.name(s), **_COMMON)
+    y = layer(x)
+    layer.set_weights([_f32(wt.T), p["bias"]] if a.bias else [_f32(wt.T)])
+    return y
+
+
+@LOWER.register("softmax")
+def _softmax(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    axis = -1 if len(c.in_shape(s)) == 4 else 1  # the canonical channel axis
+    return _L.Softmax(axis=axis, name=c.name(s), **_COMMON)(ins[0])
+
+
+@LOWER.register("dropout")
+def _dropout(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    a: DropoutAttrs = s.attrs
+    return _L.Dropout(rate=a.ratio, name=c.name(s), **_COMMON)(ins[0])  # the identity at inference
+
+
+@LOWER.register("input_norm")
+def _input_norm(c: _Ctx, s: Step, ins: list[Any]) -> Any:
+    a: InputNormAttrs = s.attrs
+    x, in_shape, name = ins[0], c.in_shape(s), c.name(s)
+    if len(in_shape) != 4:
+        raise UnsupportedError(f"node '{s.name}': input_norm on a rank-{len(in_shape)} value")
+    perm, scale, shift = list(a.perm), _f32(a.scale), _f32(a.shift)
+    ch = len(perm)
+    if perm == list(range(ch)):
+        return _L.Rescaling(scale, shift, name=name, **_COMMON)(x)
+    layer = _L.Conv2D(ch, (1, 1), padding="valid", use_bias=True, name=name, **_CL)
+    y = layer(x)
+    kernel = np.zeros((1, 1, ch, ch), np.float32)
+    kernel[0, 0, perm, np.arange(ch)] = scale  # out[c] = x[perm[c]] * scale[c] + shift[c]
+    layer.set_weights([kernel, shift])
+    return y
 
 
 # --------------------------------------------------------------------------------- interface
@@ -420,19 +484,35 @@ def build(model: Model, layout: str = "nhwc") -> keras.Model:
     """The model as a functional ``keras.Model`` (float32 weights, NHWC inside; see the module doc)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    shapes = infer_shapes(model)
     g = model.graph
+    steps = plan(g, LOWER)  # a missing lowering fails here, before any layer is made
+    shapes = infer_shapes(model)
     if len(shapes[g.input_name]) != 4:
         raise UnsupportedError(f"input '{g.input_name}' must be N x C x H x W, got {shapes[g.input_name]}")
-    walker = _Walker(model, shapes, layout)
-    inp, tensors = walker.walk()
+    c = _Ctx(model, shapes, steps)
+    _, ch, h, w = shapes[g.input_name]
+    in_name = keras_name(g.input_name)
+    if in_name in c.taken:
+        in_name = c.unique(in_name)
+    c.taken.add(in_name)
+    if layout == "nchw":
+        inp = keras.Input(shape=(ch, h, w), name=in_name, dtype="float32")
+        x = _L.Permute((2, 3, 1), name=c.unique(f"{in_name}__nhwc"), **_COMMON)(inp)
+    else:
+        inp = keras.Input(shape=(h, w, ch), name=in_name, dtype="float32")
+        x = inp
+    try:
+        tensors = walk(g, steps, c, x, taps=True, on_value=c.check)
+    except (ValueError, TypeError) as e:  # Keras refusing a configuration; c.done is the failing step
+        s = steps[c.done]
+        raise UnsupportedError(f"node '{s.name}' ({s.op}): no TensorFlow mapping: {e}") from None
     native = keras.Model(inp, tensors[g.output], name=keras_name(model.arch))
     _INFO[native] = _Info(
         model=model,
         layout=layout,
-        size=(int(shapes[g.input_name][2]), int(shapes[g.input_name][3])),
+        size=(int(h), int(w)),
         tensors=tensors,
-        layers=walker.layers,
+        layers=c.layers,
         ranks={k: len(v) for k, v in shapes.items()},
     )
     return native
