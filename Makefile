@@ -32,10 +32,17 @@ test: venv lint
 test-fast: venv
 	$(VENV)/bin/pytest -q -m "not slow"
 
+# converters/ installs as senet_hub.converters (pyproject's package-dir), which an editable install
+# cannot show mypy: it checks the package as installed through a tree of links under build/
+MYPY_TREE := build/mypy-tree
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
+	rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)/senet_hub
+	for e in senet_hub/*; do ln -s "$(CURDIR)/$$e" $(MYPY_TREE)/senet_hub/; done
+	ln -s "$(CURDIR)/converters" $(MYPY_TREE)/senet_hub/converters
+	cd $(MYPY_TREE) && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/.mypy_cache senet_hub
 
 format: venv
 	$(VENV)/bin/ruff check --fix .

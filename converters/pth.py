@@ -22,9 +22,12 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Mapping
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from senet_hub.graph import Model
 
 ALIGN = 64
 _STORAGE = {
@@ -188,7 +191,7 @@ def write_state_dict(
     z.close()
 
 
-def model_state_dict(model) -> dict[str, np.ndarray]:
+def model_state_dict(model: Model) -> dict[str, np.ndarray]:
     """The state_dict torch would give for senet-hub's module of `model`, in the same key order.
 
     Parameterised nodes are leaf modules at their dotted path; torch lists a module tree
@@ -220,7 +223,7 @@ def model_state_dict(model) -> dict[str, np.ndarray]:
     return out
 
 
-def metadata_record(model) -> dict:
+def metadata_record(model: Model) -> dict[str, Any]:
     """What a state_dict file cannot say by itself: the record read_metadata returns."""
     from senet_hub import __version__
 
@@ -236,7 +239,7 @@ def metadata_record(model) -> dict:
     }
 
 
-def check_weights_only(model, what: str = "a .pth state_dict") -> None:
+def check_weights_only(model: Model, what: str = "a .pth state_dict") -> None:
     """Refuse a model whose input convention lives in an input_norm stage: the stage has no
     parameters, so a state_dict would drop it silently and a consumer's model (timm, Cadene) would
     compute the source convention (fold it first, as sources.save_model does). A graph with no
@@ -252,7 +255,7 @@ def check_weights_only(model, what: str = "a .pth state_dict") -> None:
         )
 
 
-def save_model(model, path: str, metadata: dict | None = None) -> list[str]:
+def save_model(model: Model, path: str, metadata: dict[str, Any] | None = None) -> list[str]:
     """Write the model's state_dict as a .pth file, atomically, without importing torch;
     with `metadata` (see metadata_record) the file carries that record too."""
     from senet_hub.atomic import atomic_outputs
@@ -264,7 +267,7 @@ def save_model(model, path: str, metadata: dict | None = None) -> list[str]:
     return [path]
 
 
-def read_metadata(path: str) -> dict | None:
+def read_metadata(path: str) -> dict[str, Any] | None:
     """The senet-hub record of a .pth (zipfile + json, nothing unpickled); None when the file is not
     a zip archive or has no such record. An unreadable path raises InputFileError (exit 3)."""
     from senet_hub.errors import FormatError

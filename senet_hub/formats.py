@@ -17,9 +17,24 @@ import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import SenetHubError
+
+if TYPE_CHECKING:
+    from .graph import Model
+
+
+class Reader(Protocol):
+    """A source's reader: the values of its options, positionally, in order -> the canonical Model."""
+
+    def __call__(self, *values: Any) -> Model: ...
+
+
+class Writer(Protocol):
+    """A target's writer: writer(model, path, **opts) -> the files written (a list, one path, or None)."""
+
+    def __call__(self, model: Model, path: str, /, **opts: Any) -> list[str] | str | None: ...
 
 
 @dataclass(frozen=True)
@@ -66,11 +81,12 @@ class SourceFormat:
     weights_option: str | None = None
     holds_input_stage: bool = True
 
-    def read(self, values: dict[str, Any]) -> Any:
+    def read(self, values: dict[str, Any]) -> Model:
         """The Model the reader makes of the option values (SenetHubError when a needed one is missing)."""
         if not all(values.get(dest) for dest in self.needs):
             raise SenetHubError(f"--from {self.name} needs {self.usage}")
-        return resolve(self.reader)(*(values.get(o.dest, o.default) for o in self.options))
+        reader: Reader = resolve(self.reader)
+        return reader(*(values.get(o.dest, o.default) for o in self.options))
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,8 @@ class Container:
     suffix: what the output name ends with ("" for a prefix or a directory: any other name).
     kind: the artifact format's name as senet_hub.consumers knows it (pth, pt2, onnx, savedmodel ...).
     files: for a prefix, the suffixes of the files written beside it (the prefix is what -o gives).
+    notes: an optional ``"module:function"`` called as notes(model, say) before this container is
+    written, whatever it holds (the target's `notes` are said for weights-only writes only).
     """
 
     suffix: str
@@ -90,6 +108,7 @@ class Container:
     holds_input_stage: bool | None = None
     writer: str | None = None
     without_framework: bool | None = None
+    notes: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +126,8 @@ class TargetFormat:
     records_source_hashes: the file records the source files' sha256 (filled before writing).
     notes: an optional ``"module:function"`` called as notes(model, say) before a weights-only write
     (what a user loading the file elsewhere should know).
+    any_architecture: the format holds every architecture (False for timm: only those timm has a model
+    for), so messages may suggest it for any model.
     """
 
     name: str
@@ -123,6 +144,7 @@ class TargetFormat:
     prepare: str | None = None
     records_source_hashes: bool = False
     notes: str | None = None
+    any_architecture: bool = True
 
     def container(self, path: str | os.PathLike) -> Container | None:
         """The container `path` names: the longest matching suffix, else the catch-all "" one, else None."""
@@ -252,7 +274,7 @@ def exact_stage_formats() -> str:
     """The formats that hold an input stage exactly, for messages: ".pt2, .pt, ONNX, ... or Caffe"."""
     names: list[str] = []
     for t in targets():
-        if not t.holds_input_stage:
+        if not t.holds_input_stage or not t.any_architecture:
             continue
         held = [c.suffix for c in t.containers if c.holds_input_stage is not False]
         # the whole target by name, or (like PyTorch: .pth holds weights only) the suffixes that do
@@ -270,7 +292,10 @@ def resolve(ref: str) -> Callable[..., Any]:
 # ---------------------------------------------------------------------------- the built-in formats
 
 _ARCH = SourceOption(
-    "--arch", "Architecture id (`senet-hub list`); for --from zoo and MindSpore checkpoints.", file=False
+    "--arch",
+    "Architecture id, alias or timm name (`senet-hub list`); for --from zoo, and to name (or check) the "
+    "architecture of MindSpore/PyTorch weights.",
+    file=False,
 )
 
 register_source(SourceFormat(
@@ -288,6 +313,39 @@ register_source(SourceFormat(
     suffixes=(".ckpt",), weights_option="ckpt", holds_input_stage=False,
 ))  # fmt: skip
 register_source(SourceFormat(
+    name="onnx", reads="ONNX model (senet-hub's exports, torch.onnx.export of SE nets; opsets 13-21)",
+    options=(SourceOption("--onnx", "ONNX model (.onnx; external data files beside it are read)."),
+             SourceOption("--input-shape", "N,C,H,W for an ONNX model whose H, W are dynamic (--from onnx).",
+                          file=False)),
+    reader="senet_hub.converters.onnx_source:load", needs=("onnx",), usage="--onnx FILE", hint="--onnx",
+    infer_from="onnx", suffixes=(".onnx",), extra="onnx", weights_option="onnx",
+))  # fmt: skip
+# before zoo: `--weights F --arch A` is a PyTorch file of arch A, not synthetic weights
+register_source(SourceFormat(
+    name="pytorch", reads="PyTorch state_dict (.pth/.pt/.bin torch.save zip, or .safetensors); no pickle is run",
+    options=(SourceOption("--weights", "PyTorch state_dict (.pth/.pt/.bin/.safetensors)."), _ARCH),
+    reader="senet_hub.converters.pytorch:load", needs=("weights",),
+    usage="--weights FILE (and --arch when its keys and shapes fit several architectures)", hint="--weights",
+    infer_from="weights", suffixes=(".pth", ".pt", ".safetensors", ".bin"), weights_option="weights",
+    holds_input_stage=False,
+))  # fmt: skip
+register_source(SourceFormat(
+    name="chainer", reads="Chainer .npz (senet-hub's, graph stored; or save_npz of a zoo architecture); no pickle is run",
+    options=(SourceOption("--npz", "Chainer serializers .npz (--from chainer)."), _ARCH),
+    reader="senet_hub.converters.chainer_npz:load", needs=("npz",),
+    usage="--npz FILE (and --arch for an npz without senet-hub's graph whose keys fit several architectures)",
+    hint="--npz", infer_from="npz", suffixes=(".npz",), weights_option="npz",
+))  # fmt: skip
+register_source(SourceFormat(
+    name="mxnet", reads="MXNet symbol + params of a zoo architecture (prefix-symbol.json, prefix-0000.params)",
+    options=(SourceOption("--params", "MXNet parameters (prefix-0000.params; --from mxnet)."),
+             SourceOption("--symbol", "MXNet symbol (prefix-symbol.json) beside --params: tells apart architectures "
+                          "with the same parameters."), _ARCH),
+    reader="senet_hub.converters.mxnet_params:load_prefix", needs=("params",),
+    usage="--params FILE (with --symbol FILE, or --arch, when its names and shapes fit several architectures)",
+    hint="--params/--symbol", infer_from="params", suffixes=(".params", "-symbol.json"), weights_option="params",
+))  # fmt: skip
+register_source(SourceFormat(
     name="zoo", reads="a zoo architecture with deterministic synthetic weights",
     options=(_ARCH, SourceOption("--seed", "Seed of synthetic weights (--from zoo).", file=False, type=int, default=0,
                                  show_default=True)),
@@ -301,6 +359,9 @@ register_target(TargetFormat(
         # a .pth is written by a zip/pickle writer of ours: no torch needed, and no input stage held
         Container(".pth", "pth", "a .pth state_dict", holds_input_stage=False,
                   writer="senet_hub.converters.pth:save_model", without_framework=True),
+        # the same state_dict through the safetensors library (numpy API): no torch, no pickle
+        Container(".safetensors", "safetensors", "a .safetensors state_dict", holds_input_stage=False,
+                  writer="senet_hub.converters.safetensors_writer:save_model", without_framework=True),
         Container(".pt2", "pt2", "a .pt2 torch.export program"),
         Container(".pt", "pt", "a .pt TorchScript module"),
     ),
@@ -339,5 +400,13 @@ register_target(TargetFormat(
     name="mindspore", title="MindSpore", writes="MindSpore checkpoint (.ckpt), written without MindSpore",
     containers=(Container(".ckpt", "ckpt", "a MindSpore checkpoint"),),
     writer="senet_hub.converters.mindspore:save_ckpt", label="a MindSpore checkpoint", extra="mindspore",
-    backend="mindspore", holds_input_stage=False, without_framework=True,
+    backend="mindspore", holds_input_stage=False, without_framework=True, notes="senet_hub.converters.mindspore:notes",
+))  # fmt: skip
+register_target(TargetFormat(
+    name="timm", title="timm", writes="timm model directory (model.safetensors + config.json, hub layout)",
+    # the input convention is held exactly: conv1's input channels permuted to RGB, mean/std in config.json
+    containers=(Container("", "timmdir", "a timm model directory", directory=True,
+                          notes="senet_hub.converters.timm_dir:notes"),),
+    writer="senet_hub.converters.timm_dir:save", extra="torch", backend="torch", without_framework=True,
+    records_source_hashes=True, any_architecture=False,
 ))  # fmt: skip

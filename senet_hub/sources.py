@@ -191,6 +191,9 @@ def save_model(
             formats.resolve(fmt.notes)(model, say)
     elif fmt.records_source_hashes:
         ensure_hashes(model)
+    container = fmt.container(path)
+    if say and container is not None and container.notes:
+        formats.resolve(container.notes)(model, say)
     if fmt.needs_framework(path):
         from . import builders
 
@@ -198,5 +201,6 @@ def save_model(
         builders.get(fmt.backend)  # a missing framework: MissingFrameworkError naming the extra
     if fmt.prepare:
         model = formats.resolve(fmt.prepare)(model)
-    out = formats.resolve(fmt.writer_for(path))(model, path, **opts)
+    writer: formats.Writer = formats.resolve(fmt.writer_for(path))
+    out = writer(model, path, **opts)
     return list(out) if isinstance(out, (list, tuple)) else [str(out or path)]
