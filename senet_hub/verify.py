@@ -19,6 +19,15 @@ import numpy as np
 from . import __version__, builders
 from .errors import SenetHubError
 from .graph import Model, infer_shapes
+from .verify_stats import (  # noqa: F401  (re-exported: verify.NodeStats, verify.compare, ... are its API)
+    NodeResult,
+    NodeStats,
+    chunk_label,
+    compare,
+    fold_reference,
+    missing_taps,
+    reference_stats,
+)
 
 DEFAULT_RTOL = 1e-3
 
@@ -38,14 +47,6 @@ def default_input(model: Model, batch: int = 2, seed: int = 7) -> np.ndarray:
     else:  # normalized inputs
         x = rng.normal(0, 1, size=shape)
     return x.astype(np.float32)
-
-
-@dataclass
-class NodeResult:
-    max_abs: float
-    rel: float
-    cos: float
-    ok: bool
 
 
 @dataclass
@@ -161,79 +162,6 @@ class Report:
         return "\n".join(out)
 
 
-class NodeStats:
-    """max|d|, max|ref| and the cosine's sums of one node, accumulated exactly over chunks.
-
-    Maxima combine by max and the cosine's dot product and norms by sums, so a run in chunks
-    reports what one run over the whole batch would (up to float64 summation order), while only
-    one chunk's values are ever held.
-    """
-
-    __slots__ = ("max_abs", "scale", "dot", "nref", "ngot", "bad")
-
-    def __init__(self) -> None:
-        self.max_abs = self.scale = self.dot = self.nref = self.ngot = 0.0
-        self.bad = False  # shape mismatch or a non-finite difference: fails whatever the rest says
-
-    def add(self, ref: np.ndarray, got: np.ndarray, ref_stats: tuple[float, float] | None = None) -> None:
-        """Fold one chunk in; ref_stats = (max|ref|, ref.ref) when already known (shared by backends)."""
-        ref64 = np.asarray(ref, np.float64)
-        if ref64.shape != np.shape(got):
-            self.bad = True
-            return
-        if not ref64.size:
-            return
-        r = ref64.ravel()
-        g = _scratch(r.size)
-        np.copyto(g, np.ravel(got), casting="unsafe")  # float64, into a reused buffer: no page faults
-        dot, ngot = float(np.dot(r, g)), float(np.dot(g, g))
-        np.subtract(r, g, out=g)
-        np.abs(g, out=g)
-        diff = float(g.max())
-        if not np.isfinite(diff) or not (np.isfinite(dot) and np.isfinite(ngot)):
-            self.bad = True
-            return
-        scale, nref = ref_stats if ref_stats is not None else reference_stats(r)
-        self.max_abs = max(self.max_abs, diff)
-        self.scale = max(self.scale, scale)
-        self.dot += dot
-        self.nref += nref
-        self.ngot += ngot
-
-    def result(self, rtol: float) -> NodeResult:
-        if self.bad:
-            return NodeResult(float("inf"), float("inf"), 0.0, False)
-        diff, scale = self.max_abs, self.scale
-        rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
-        na, nb = np.sqrt(self.nref), np.sqrt(self.ngot)
-        cos = float(self.dot / (na * nb)) if na > 0 and nb > 0 else float(na == nb)
-        return NodeResult(diff, rel, cos, rel <= rtol)
-
-
-_SCRATCH = np.empty(0, np.float64)
-
-
-def _scratch(n: int) -> np.ndarray:
-    """A float64 work buffer of n values, reused across nodes (grown, never shrunk, per process)."""
-    global _SCRATCH
-    if _SCRATCH.size < n:
-        _SCRATCH = np.empty(n, np.float64)
-    return _SCRATCH[:n]
-
-
-def reference_stats(ref: np.ndarray) -> tuple[float, float]:
-    """(max|ref|, ref.ref) of a float64 reference tap."""
-    r = np.asarray(ref, np.float64).ravel()
-    return float(max(r.max(), -r.min())), float(np.dot(r, r))
-
-
-def compare(ref: np.ndarray, got: np.ndarray, rtol: float) -> NodeResult:
-    """One node's max|d|, max|d|/max|ref| and cosine; ok when max|d| <= rtol * max|ref|."""
-    st = NodeStats()
-    st.add(ref, got)
-    return st.result(rtol)
-
-
 def topk_agreement(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     r, g = ref.reshape(ref.shape[0], -1), got.reshape(got.shape[0], -1)
     top1 = float(np.mean(r.argmax(1) == g.argmax(1)))
@@ -260,6 +188,7 @@ def verify(
     progress: Any = None,
     chunk: int | None = None,
     step: Any = None,
+    isolate: bool | None = None,
     **build_opts: Any,
 ) -> Report:
     """Run each backend with taps on every node and compare with the float64 numpy reference.
@@ -267,27 +196,49 @@ def verify(
     Memory is bounded by one chunk, whatever the batch: per chunk the reference runs once, then
     each backend in turn; its taps are folded into per-node statistics (NodeStats) and dropped
     before the next backend runs. Only the final outputs of all images are kept (top-k, outputs).
+    `isolate` runs each backend in its own process against the reference spilled to disk
+    (senet_hub.verify_isolated: the backends' resident memory never adds up); None picks by an
+    estimate of the memory the in-process run would hold. Both give the same report.
     `step(done, total, label)` is called after each (backend, chunk) run, for a progress bar.
     """
     x = default_input(model) if x is None else np.asarray(x, np.float32)
     shapes = infer_shapes(model, tuple(x.shape))
     names = [builders.canonical_backend(b) for b in backends]
-    chunk = chunk or default_chunk(model, infer_shapes(model, (1, *x.shape[1:])))
+    one = infer_shapes(model, (1, *x.shape[1:]))
+    chunk = chunk or default_chunk(model, one)
     if chunk < 1:
         raise SenetHubError(f"chunk must be at least 1, got {chunk}")
-    versions: dict[str, str] = {}
     report = Report(
         model,
         names,
-        versions,
+        {},
         tuple(x.shape),
         hashlib.sha256(x.tobytes()).hexdigest(),
         rtol,
         command=" ".join(sys.argv),
     )
     say = progress or (lambda msg: None)
+    tick = step or (lambda done, total, label: None)
+    from . import verify_isolated
+
+    if isolate is None:
+        isolate = verify_isolated.choose(model, names, x, chunk, one, say)
+    run = verify_isolated.run if isolate else _run_in_process
+    stats, finals, missing_out = run(report, x, chunk, say, tick, build_opts)
+    _finish(report, shapes, stats, finals, missing_out)
+    return report
+
+
+Stats = dict[str, dict[str, NodeStats]]  # backend -> node -> statistics over all chunks
+
+
+def _run_in_process(
+    report: Report, x: np.ndarray, chunk: int, say: Any, tick: Any, build_opts: dict[str, Any]
+) -> tuple[Stats, dict[str, list[np.ndarray]], set[str]]:
+    """Every backend built in this process; per chunk the reference, then each backend in turn."""
     from .builders import numpy_ref
 
+    model, names, versions = report.model, report.backends, report.versions
     out = model.graph.output
     ref_native = numpy_ref.build(model, np.float64)
     versions["numpy"] = np.__version__
@@ -305,15 +256,14 @@ def verify(
         except SenetHubError as e:  # this backend cannot run this model: report it, run the others
             report.errors[b] = str(e)
         report.timings[b] = time.perf_counter() - t
-    stats: dict[str, dict[str, NodeStats]] = {b: {} for b in ["numpy", *natives]}
+    stats: Stats = {b: {} for b in ["numpy", *natives]}
     finals: dict[str, list[np.ndarray]] = {b: [] for b in stats}
     missing_out: set[str] = set()
     starts = range(0, x.shape[0], chunk)
     total, done = len(starts) * (1 + len(natives)), 0
-    tick = step or (lambda done, total, label: None)
     for lo in starts:
         xc = x[lo : lo + chunk]
-        part = f" (images {lo + 1}-{lo + len(xc)} of {x.shape[0]})" if len(starts) > 1 else ""
+        part = chunk_label(lo, len(xc), x.shape[0], len(starts))
         say(f"running the numpy float64 reference{part}")
         t = time.perf_counter()
         ref = numpy_ref.run(ref_native, xc)
@@ -321,13 +271,7 @@ def verify(
         done += 1
         tick(done, total, f"numpy{part}")
         ref_stats = {k: reference_stats(v) for k, v in ref.items() if np.size(v)}
-        for k in ref:  # the reference against itself: exact by construction
-            st = stats["numpy"].setdefault(k, NodeStats())
-            if k in ref_stats:
-                st.scale = max(st.scale, ref_stats[k][0])
-                st.nref += ref_stats[k][1]
-                st.ngot += ref_stats[k][1]
-                st.dot += ref_stats[k][1]
+        fold_reference(stats["numpy"], list(ref), ref_stats)
         finals["numpy"].append(np.asarray(ref[out], np.float32))
         for b, native in natives.items():
             if b in report.errors:
@@ -342,21 +286,32 @@ def verify(
             report.timings[b] += time.perf_counter() - t
             done += 1
             tick(done, total, f"{b}{part}")
-            missing = [k for k in ref if k not in got]
-            if missing and not getattr(mods[b], "PARTIAL_TAPS", None):  # a silent gap is not a pass
-                report.errors[b] = (
-                    f"returned values for {len(ref) - len(missing)} of {len(ref)} nodes; missing "
-                    + ", ".join(missing[:5])
-                    + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-                )
+            gap = missing_taps(mods[b], list(ref), got)
+            if gap:
+                report.errors[b] = gap
                 continue
-            _accumulate(stats[b], ref, got, ref_stats)
+            for name, value in got.items():
+                if name in ref:
+                    stats[b].setdefault(name, NodeStats()).add(ref[name], value, ref_stats.get(name))
             if out in got:
                 finals[b].append(np.asarray(got[out], np.float32))
             else:
                 missing_out.add(b)
             del got
         del ref
+    return stats, finals, missing_out
+
+
+def _finish(
+    report: Report,
+    shapes: dict[str, tuple[int, ...]],
+    stats: Stats,
+    finals: dict[str, list[np.ndarray]],
+    missing_out: set[str],
+) -> None:
+    """Rows, first divergent nodes, top-k agreement and outputs from the accumulated statistics."""
+    model, names, rtol = report.model, report.backends, report.rtol
+    out = model.graph.output
     for n in model.graph.nodes:
         results = {
             b: per_node[n.name].result(rtol)
@@ -380,15 +335,5 @@ def verify(
         report.topk[b] = topk_agreement(ref_out, got_out)
         report.outputs[b] = got_out
     report.outputs.setdefault("numpy", ref_out)
-    return report
-
-
-def _accumulate(
-    per_node: dict[str, NodeStats],
-    ref: dict[str, np.ndarray],
-    got: dict[str, np.ndarray],
-    ref_stats: dict[str, tuple[float, float]],
-) -> None:
-    for name, value in got.items():
-        if name in ref:
-            per_node.setdefault(name, NodeStats()).add(ref[name], value, ref_stats.get(name))
+    # in the order of --backends, whichever phase (build, run, output) found them
+    report.errors = {b: report.errors[b] for b in dict.fromkeys(names) if b in report.errors}

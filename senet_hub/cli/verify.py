@@ -53,6 +53,13 @@ DEFAULT_BACKENDS = ("numpy", "torch", "opencv")
     help="Images per chunk: memory is bounded by one chunk's taps (default: what fits ~1 GB).",
 )
 @click.option(
+    "--isolate/--no-isolate",
+    default=None,
+    help="Run each backend in its own process against the float64 reference spilled to a temporary "
+    "folder (TMPDIR, checked for space first), so the backends' memory never adds up. "
+    "Default: isolated when two or more backends would hold over ~4 GB together.",
+)
+@click.option(
     "--rtol",
     type=float,
     default=1e-3,
@@ -81,7 +88,7 @@ DEFAULT_BACKENDS = ("numpy", "torch", "opencv")
 def verify(backends: str | None, input_path: str | None, batch: int, input_seed: int, rtol: float, json_path: str | None,
            md_path: str | None, save_dir: str | None, max_rows: int | None, artifact: str | None, consumer: str | None,
            chunk: int | None, images_dir: str | None, limit: int | None, strict: bool, html_path: str | None,
-           plot_path: str | None, quiet: bool, **src: Any) -> None:  # fmt: skip
+           plot_path: str | None, quiet: bool, isolate: bool | None, **src: Any) -> None:  # fmt: skip
     """Run backends with taps on every node and compare them with the float64 numpy reference."""
     from .. import builders
     from .. import verify as verify_mod
@@ -107,6 +114,8 @@ def verify(backends: str | None, input_path: str | None, batch: int, input_seed:
         raise click.UsageError(
             "--artifact checks one written file with its consumer; --backends checks senet-hub's builders: give one"
         )
+    if artifact and isolate is not None:
+        raise click.UsageError("--isolate/--no-isolate apply to --backends runs; --artifact runs one consumer")
     if artifact:
         names = []
         consumer = consumer_for(artifact, consumer)
@@ -115,8 +124,9 @@ def verify(backends: str | None, input_path: str | None, batch: int, input_seed:
         say(f"backends: {', '.join(names)} (every installed one)")
     elif backends:
         names = [builders.canonical_backend(b) for b in backends.split(",") if b.strip()]
-        for b in names:
-            builders.get(b)  # a missing framework fails here, naming the extra
+        for b in names:  # a missing framework fails here, naming the extra; nothing is imported yet
+            if b not in builders.BACKENDS or not installed(b):
+                builders.get(b)
     else:
         names = [b for b in DEFAULT_BACKENDS if installed(b)]
         skipped = [b for b in DEFAULT_BACKENDS if b not in names]
@@ -154,7 +164,9 @@ def verify(backends: str | None, input_path: str | None, batch: int, input_seed:
 
         report = consumers.verify_artifact(model, artifact, consumer, x=x, rtol=rtol, progress=progress)
     else:
-        report = verify_mod.verify(model, names, x, rtol=rtol, progress=progress, chunk=chunk, step=step)
+        report = verify_mod.verify(
+            model, names, x, rtol=rtol, progress=progress, chunk=chunk, step=step, isolate=isolate
+        )
     report.provenance = provenance
     click.echo(report.to_text(max_rows))
     if artifact:
