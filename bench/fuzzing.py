@@ -23,6 +23,10 @@ Formats and what is mutated:
   layer names, cycles/undefined/self bottoms, scalars where messages belong and back, bad UTF-8.
 * MindSpore .ckpt and the YAML manifest: registered when their readers exist
   (``converters/mindspore.py: read_ckpt_tensors``, ``senet_hub/manifest.py``).
+* torch.save archives (``converters/pytorch.py: read_state_dict``): the zip container, the
+  data.pkl pickle (bytes, globals such as ``os.system``, tensor offsets/shapes/strides, storage
+  ids, wrappers and prefixes), the storage records (sizes, compression, byte order), the legacy
+  format; and .safetensors through the same reader.
 
 Adding a reader is one ``@target_family("name")`` function returning its ``Target``s; every family
 in ``FAMILIES`` is built by ``setup_targets`` and a family that fails to build raises (it is never
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import os
 import random
 import re
@@ -40,6 +45,7 @@ import signal
 import struct
 import time
 import tracemalloc
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1242,6 +1248,437 @@ class SafetensorsMutator:
         return self.seeds[k] + b"\x00" * rng.choice([1, 3, 4096])
 
 
+# ------------------------------------------------------------------------- torch.save archives
+# One tensor of a crafted data.pkl: (key, storage class, storage key, storage numel, offset, shape, stride)
+TorchEntry = tuple[str, str, str, int, int, tuple[int, ...], tuple[int, ...]]
+TORCH_ITEMSIZE = {"FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2, "DoubleStorage": 8, "LongStorage": 8}
+
+
+def torch_pickle(entries: list[TorchEntry], wrappers: tuple[str, ...] = (), prefix: str = "") -> bytes:
+    """A protocol-2 data.pkl as torch.save writes it, with explicit offsets and strides (views), each
+    storage declared where first used, the state_dict nested under `wrappers` and keys prefixed."""
+    from senet_hub.converters.pth import _int, _tuple, _unicode
+
+    out = [b"\x80\x02"]
+    for w in wrappers:  # {w: {... the state_dict ...}}
+        out += [b"}", _unicode(w)]
+    out += [b"ccollections\nOrderedDict\n", b")R", b"("]
+    for key, storage, skey, numel, offset, shape, stride in entries:
+        pid = _tuple(
+            [_unicode("storage"), f"ctorch\n{storage}\n".encode(), _unicode(skey), _unicode("cpu"), _int(numel)]
+        )
+        args = [pid + b"Q", _int(offset), _tuple([_int(d) for d in shape]), _tuple([_int(d) for d in stride]), b"\x89",
+                b"ccollections\nOrderedDict\n)R"]  # fmt: skip
+        out += [_unicode(prefix + key), b"ctorch._utils\n_rebuild_tensor_v2\n", _tuple(args), b"R"]
+    out.append(b"u")
+    out += [b"s"] * len(wrappers)
+    return b"".join(out) + b"."
+
+
+def torch_archive(members: list[tuple[str, bytes]], deflate: tuple[str, ...] = ()) -> bytes:
+    """A zip of (name, data) members, stored (as torch.save writes) unless named in `deflate`."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in members:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED if name in deflate else zipfile.ZIP_STORED
+            z.writestr(info, data)
+    return buf.getvalue()
+
+
+@dataclass
+class TorchSeed:
+    entries: list[TorchEntry]
+    storages: dict[str, bytes]  # storage key -> its record
+    wrappers: tuple[str, ...] = ()
+    prefix: str = ""
+    extra: list[tuple[str, bytes]] = field(default_factory=list)  # e.g. the senet-hub record
+
+    def members(self, pkl: bytes | None = None) -> list[tuple[str, bytes]]:
+        pkl = torch_pickle(self.entries, self.wrappers, self.prefix) if pkl is None else pkl
+        return [("archive/data.pkl", pkl), ("archive/.format_version", b"1"), ("archive/byteorder", b"little"),
+                *((f"archive/data/{k}", v) for k, v in self.storages.items()), *self.extra,
+                ("archive/version", b"3\n")]  # fmt: skip
+
+    def archive(self) -> bytes:
+        return torch_archive(self.members())
+
+
+def torch_seeds() -> list[TorchSeed]:
+    """Two small archives: dtypes and views (transposed, sliced, shared storage), then a wrapped,
+    DataParallel-prefixed state_dict with a senet-hub record."""
+    rng = np.random.default_rng(11)
+
+    def rec(storage: str, n: int) -> bytes:
+        return rng.integers(0, 256, n * TORCH_ITEMSIZE[storage], dtype=np.uint8).tobytes()
+
+    a = TorchSeed(
+        entries=[("conv.weight", "FloatStorage", "0", 108, 0, (4, 3, 3, 3), (27, 9, 3, 1)),
+                 ("fc.weight", "FloatStorage", "1", 20, 0, (5, 4), (1, 5)),  # a transposed view
+                 ("fc.bias", "FloatStorage", "1", 20, 3, (5,), (4,)),  # a strided slice of the same storage
+                 ("half", "HalfStorage", "2", 4, 0, (2, 2), (2, 1)),
+                 ("bf", "BFloat16Storage", "3", 3, 0, (3,), (1,)),
+                 ("bn.num_batches_tracked", "LongStorage", "4", 1, 0, (), ())],
+        storages={"0": rec("FloatStorage", 108), "1": rec("FloatStorage", 20), "2": rec("HalfStorage", 4),
+                  "3": rec("BFloat16Storage", 3), "4": rec("LongStorage", 1)},
+    )  # fmt: skip
+    b = TorchSeed(
+        entries=[("conv1.weight", "FloatStorage", "0", 24, 0, (2, 3, 2, 2), (12, 4, 2, 1)),
+                 ("bn1.running_var", "DoubleStorage", "1", 2, 0, (2,), (1,))],
+        storages={"0": rec("FloatStorage", 24), "1": rec("DoubleStorage", 2)},
+        wrappers=("state_dict",), prefix="module.",
+        extra=[("archive/senet_hub.json", b'{"format": "senet-hub", "arch": "seresnet18"}')],
+    )  # fmt: skip
+    return [a, b]
+
+
+class TorchZipMutator:
+    """Mutations of torch.save archives: the zip container, the data.pkl pickle (bytes, globals,
+    tensor geometry, storage ids, wrappers), and the storage records."""
+
+    OPS = ("bitflip", "truncate", "pickle_bytes", "pickle_truncate", "global", "geometry", "storage_id",
+           "record_size", "compressed", "drop_member", "byteorder", "wrapper", "legacy", "splice")  # fmt: skip
+    GLOBALS = (b"os\nsystem", b"builtins\neval", b"builtins\ngetattr", b"posix\nsystem", b"torch\nFooStorage",
+               b"torch._utils\n_rebuild_tensor", b"collections\nnamedtuple", b"numpy\nndarray",
+               b"torch.nn.modules.linear\nLinear", b"builtins\nset", b"_codecs\nencode", b"torch\nUntypedStorage",
+               b"torch._utils\n_rebuild_parameter")  # fmt: skip
+
+    def __init__(self, seeds: list[TorchSeed], big: bool = False):
+        self.specs, self.big = seeds, big
+        self.seeds = [sd.archive() for sd in seeds]
+
+    def truncations(self) -> Iterator[tuple[str, bytes]]:
+        for s in self.seeds:
+            cuts = {0, 1, 4, 30, len(s) // 2, len(s) - 22, len(s) - 1}  # headers, the middle, the end record
+            for c in sorted(x for x in cuts if 0 <= x < len(s)):
+                yield "truncate@section", s[:c]
+
+    def mutate(self, rng: random.Random, op: str | None = None) -> tuple[str, bytes]:
+        k = rng.randrange(len(self.seeds))
+        op = op or rng.choice(self.OPS)
+        return op, getattr(self, "_" + op)(rng, k)
+
+    def _with_pickle(self, k: int, pkl: bytes) -> bytes:
+        return torch_archive(self.specs[k].members(pkl))
+
+    def _pkl(self, k: int) -> bytes:
+        sd = self.specs[k]
+        return torch_pickle(sd.entries, sd.wrappers, sd.prefix)
+
+    def _bitflip(self, rng, k):
+        return flip_bits(rng, self.seeds[k])
+
+    def _truncate(self, rng, k):
+        return truncate_random(rng, self.seeds[k])
+
+    def _pickle_bytes(self, rng, k):
+        pkl = self._pkl(k)
+        return self._with_pickle(k, flip_bits(rng, pkl) if rng.random() < 0.5 else set_bytes(rng, pkl))
+
+    def _pickle_truncate(self, rng, k):
+        return self._with_pickle(k, truncate_random(rng, self._pkl(k)))
+
+    def _global(self, rng, k):
+        pkl = self._pkl(k)
+        olds = [g for g in (b"collections\nOrderedDict", b"torch._utils\n_rebuild_tensor_v2", b"torch\nFloatStorage")
+                if b"c" + g + b"\n" in pkl]  # fmt: skip
+        old = rng.choice(olds)
+        return self._with_pickle(k, pkl.replace(b"c" + old + b"\n", b"c" + rng.choice(self.GLOBALS) + b"\n", 1))
+
+    def _geometry(self, rng, k):
+        sd = copy.deepcopy(self.specs[k])
+        i = rng.randrange(len(sd.entries))
+        key, st, sk, n, off, shape, stride = sd.entries[i]
+        what = rng.choice(["offset", "shape", "stride", "dims", "numel"])
+        if what == "offset":
+            off = rng.choice([-1, n, n - 1, 2**40, 2**63 - 1])
+        elif what == "shape":
+            shape = tuple(rng.choice([0, -1, 2**31, 2**62, d + 1]) for d in shape) or (2**40,)
+        elif what == "stride":
+            stride = tuple(rng.choice([0, -1, 2**40, s + 1]) for s in stride) or (1,)
+        elif what == "dims":
+            shape, stride = (1,) * rng.choice([33, 64, 1000]), (1,) * 33
+        else:
+            n = rng.choice([-1, 0, n + 1, 2**40, 2**62])
+        sd.entries[i] = (key, st, sk, n, off, shape, stride)
+        return self._with_pickle(k, torch_pickle(sd.entries, sd.wrappers, sd.prefix))
+
+    def _storage_id(self, rng, k):
+        sd = copy.deepcopy(self.specs[k])
+        i = rng.randrange(len(sd.entries))
+        key, st, sk, n, off, shape, stride = sd.entries[i]
+        what = rng.choice(["class", "key", "redeclare"])
+        if what == "class":
+            st = rng.choice(["FooStorage", "ComplexFloatStorage", "UntypedStorage", "BoolStorage", "DoubleStorage"])
+        elif what == "key":
+            sk = rng.choice(["missing", "", "../../etc/passwd", "0" * 300])
+        else:  # the same storage key with another class / size
+            sd.entries.append((key + "2", "DoubleStorage", sk, n * 2, 0, (1,), (1,)))
+        sd.entries[i] = (key, st, sk, n, off, shape, stride)
+        return self._with_pickle(k, torch_pickle(sd.entries, sd.wrappers, sd.prefix))
+
+    def _record_size(self, rng, k):
+        members = self.specs[k].members()
+        idx = [j for j, (name, _) in enumerate(members) if "/data/" in name]
+        j = rng.choice(idx)
+        name, data = members[j]
+        members[j] = (name, rng.choice([b"", data[:-1], data + b"\x00", data + data, data[: len(data) // 2]]))
+        return torch_archive(members)
+
+    def _compressed(self, rng, k):
+        members = self.specs[k].members()
+        names = [n for n, _ in members]
+        return torch_archive(members, deflate=tuple(rng.sample(names, rng.choice([1, len(names)]))))
+
+    def _drop_member(self, rng, k):
+        members = self.specs[k].members()
+        del members[rng.randrange(len(members))]
+        return torch_archive(members)
+
+    def _byteorder(self, rng, k):
+        members = [(n, rng.choice([b"big", b"", b"middle", b"little" * 10]) if n.endswith("byteorder") else d)
+                   for n, d in self.specs[k].members()]  # fmt: skip
+        return torch_archive(members)
+
+    def _wrapper(self, rng, k):
+        sd = self.specs[k]
+        wrappers = rng.choice([(), ("model",), ("model_state_dict",), ("state_dict",) * 5, ("other",)])
+        prefix = rng.choice(["", "module.", "model.module.", "_orig_mod.", "x."])
+        if rng.random() < 0.2:  # a list or a bare tensor at the top
+            pkl = torch_pickle(sd.entries)
+            pkl = b"\x80\x02]" + pkl[2:-1] + b"a." if rng.random() < 0.5 else pkl
+            return self._with_pickle(k, pkl)
+        return self._with_pickle(k, torch_pickle(sd.entries, wrappers, prefix))
+
+    def _legacy(self, rng, k):
+        magic = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+        return rng.choice([magic + self.seeds[k][:100], b"\x80\x04K\x01.", b"ustar" + b"\x00" * 600])
+
+    def _splice(self, rng, k):
+        return splice(rng, self.seeds[k], self.seeds[rng.randrange(len(self.seeds))])
+
+
+# ------------------------------------------------------------------------- Chainer .npz, MXNet .params
+class NpzMutator:
+    """Mutations of .npz files (a zip of .npy members): the container, each member's .npy header,
+    senet-hub's graph JSON, and pickled object arrays (which must never be unpickled)."""
+
+    OPS = ("bitflip", "truncate", "setbytes", "drop_member", "npy_header", "graph_json", "object_array",
+           "extra_member", "deflate", "splice")  # fmt: skip
+
+    def __init__(self, seeds: list[dict[str, np.ndarray]], graph_key: str, big: bool = False):
+        self.members, self.graph_key, self.big = seeds, graph_key, big
+        self.seeds = [self._pack(m) for m in seeds]
+
+    @staticmethod
+    def _npy(arr: np.ndarray, allow_pickle: bool = False) -> bytes:
+        b = io.BytesIO()
+        np.lib.format.write_array(b, np.asanyarray(arr), allow_pickle=allow_pickle)
+        return b.getvalue()
+
+    def _pack(self, members: dict[str, Any], deflate: bool = False) -> bytes:
+        b = io.BytesIO()
+        mode = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+        with zipfile.ZipFile(b, "w", mode) as zf:
+            for k, v in members.items():
+                zf.writestr(k + ".npy", v if isinstance(v, bytes) else self._npy(v))
+        return b.getvalue()
+
+    def truncations(self) -> Iterator[tuple[str, bytes]]:
+        for s in self.seeds:
+            for c in sorted({0, 1, 3, 4, 30, len(s) // 2, len(s) - 22, len(s) - 1}):
+                yield "truncate@section", s[:c]
+
+    def mutate(self, rng: random.Random, op: str | None = None) -> tuple[str, bytes]:
+        k = rng.randrange(len(self.seeds))
+        op = op or rng.choice(self.OPS)
+        return op, getattr(self, "_" + op)(rng, k)
+
+    def _bitflip(self, rng, k):
+        return flip_bits(rng, self.seeds[k])
+
+    def _truncate(self, rng, k):
+        return truncate_random(rng, self.seeds[k])
+
+    def _setbytes(self, rng, k):
+        return set_bytes(rng, self.seeds[k])
+
+    def _splice(self, rng, k):
+        return splice(rng, self.seeds[k], self.seeds[rng.randrange(len(self.seeds))])
+
+    def _drop_member(self, rng, k):
+        m = dict(self.members[k])
+        del m[rng.choice(list(m))]
+        return self._pack(m)
+
+    def _npy_header(self, rng, k):
+        m: dict[str, Any] = dict(self.members[k])
+        key = rng.choice([x for x in m if x != self.graph_key] or list(m))
+        raw = self._npy(m[key])
+        head = rng.choice([b"'shape': (2147483648, 2147483648)", b"'shape': (-1,)", b"'shape': ()", b"'shape': (0,)",
+                           b"'descr': '|O'", b"'descr': '<c8'", b"'descr': '>f4'", b"'fortran_order': True",
+                           b"'descr': 'V3'"])  # fmt: skip
+        field_ = head.split(b":")[0]
+        i = raw.find(field_)
+        j = raw.find(b",", raw.find(b")", i) if b"shape" in field_ else i)
+        m[key] = raw[:i] + head + raw[j:] if i >= 0 and j > i else raw
+        return self._pack(m)
+
+    def _graph_json(self, rng, k):
+        m: dict[str, Any] = dict(next(x for x in self.members if self.graph_key in x))
+        text = bytes(m[self.graph_key]).decode()
+        choice = rng.choice(["op", "attrs", "inputs", "nodes", "not_json", "deep", "name", "shape", "meta"])
+        if choice == "op":
+            text = text.replace('"op": "conv"', '"op": "' + rng.choice(["nope", "linear", "axpy", ""]) + '"', 1)
+        elif choice == "attrs":
+            text = text.replace('"out_channels": 4', '"out_channels": ' + rng.choice(["-1", "0", "1e9", '"4"', "[]"]))
+        elif choice == "inputs":
+            text = text.replace('"inputs": ["data"]', '"inputs": ' + rng.choice(["[]", '["nowhere"]', "3", "null"]))
+        elif choice == "nodes":
+            text = text.replace(
+                '"nodes": [', '"nodes": ' + rng.choice(["{", "[1, ", '[{"name": 1}, ', 'null, "x": [']), 1
+            )
+        elif choice == "not_json":
+            text = rng.choice(["", "{", "[]", "null", '"x"', "\udcff"])
+        elif choice == "deep":
+            n = rng.choice([100, 20_000])
+            text = '{"a": ' + "[" * n + "]" * n + "}"
+        elif choice == "name":
+            text = text.replace('"name": "conv"', '"name": "' + rng.choice(["a.b", "", ".", "x/y", "fc"]) + '"', 1)
+        elif choice == "shape":
+            text = text.replace(
+                '"input_shape": [1, 3, 6, 6]', '"input_shape": ' + rng.choice(["[1, 3]", "[]", "[1, 3, -6, 6]"])
+            )
+        else:
+            text = text.replace('"meta": {', '"meta": ' + rng.choice(["[", '1, "m": {', 'null, "m": {']), 1)
+        m[self.graph_key] = np.frombuffer(text.encode("utf-8", "surrogatepass"), np.uint8)
+        return self._pack(m)
+
+    def _object_array(self, rng, k):
+        m: dict[str, Any] = dict(self.members[k])
+        key = rng.choice(list(m))
+        m[key] = self._npy(np.array([1, "x", None], dtype=object), allow_pickle=True)
+        return self._pack(m)
+
+    def _extra_member(self, rng, k):
+        m: dict[str, Any] = dict(self.members[k])
+        m[rng.choice(["x/W", "conv/W_", "conv/N", "zz"])] = np.zeros(rng.choice([1, 3]), np.float32)
+        return self._pack(m)
+
+    def _deflate(self, rng, k):
+        return (
+            flip_bits(rng, self._pack(self.members[k], deflate=True), rng.choice([0, 1]) or None)
+            if rng.random() < 0.5
+            else self._pack(self.members[k], deflate=True)
+        )
+
+
+class MxParamsMutator:
+    """Mutations of MXNet NDArray-list files (mx.nd.save): counts, per-array headers, names."""
+
+    OPS = ("bitflip", "truncate", "list_magic", "count", "nd_magic", "stype", "ndim", "dims", "dtype", "names",
+           "trailing", "splice")  # fmt: skip
+
+    def __init__(self, seeds: list[list[tuple[str, np.ndarray]]], big: bool = False):
+        self.items, self.big = seeds, big
+        self.seeds = [self.pack(s) for s in seeds]
+
+    @staticmethod
+    def pack(items: list[tuple[str, np.ndarray]], magic: int = 0x112, count: int | None = None,
+             nd: Callable[[int, np.ndarray], bytes] | None = None, names: list[bytes] | None = None) -> bytes:  # fmt: skip
+        """The bytes mx.nd.save writes for a dict (one array's header may be replaced by `nd`)."""
+        flags = {np.dtype("<f4"): 0, np.dtype("<f8"): 1, np.dtype("<f2"): 2, np.dtype("u1"): 3, np.dtype("<i4"): 4,
+                 np.dtype("<i8"): 6}  # fmt: skip
+        out = [struct.pack("<QQQ", magic, 0, len(items) if count is None else count)]
+        for i, (_, a) in enumerate(items):
+            if nd is not None and (h := nd(i, a)):
+                out.append(h)
+                continue
+            out.append(struct.pack("<IiI", 0xF993FAC9, 0, a.ndim))
+            out.append(struct.pack(f"<{a.ndim}q", *a.shape) + struct.pack("<iii", 1, 0, flags[a.dtype]) + a.tobytes())
+        nm = names if names is not None else [k.encode() for k, _ in items]
+        out.append(struct.pack("<Q", len(nm)) + b"".join(struct.pack("<Q", len(x)) + x for x in nm))
+        return b"".join(out)
+
+    def truncations(self) -> Iterator[tuple[str, bytes]]:
+        for s in self.seeds:
+            for c in sorted({0, 7, 8, 23, 24, 28, 40, len(s) // 2, len(s) - 1}):
+                yield "truncate@section", s[:c]
+
+    def mutate(self, rng: random.Random, op: str | None = None) -> tuple[str, bytes]:
+        k = rng.randrange(len(self.seeds))
+        op = op or rng.choice(self.OPS)
+        return op, getattr(self, "_" + op)(rng, k)
+
+    def _bitflip(self, rng, k):
+        return flip_bits(rng, self.seeds[k])
+
+    def _truncate(self, rng, k):
+        return truncate_random(rng, self.seeds[k])
+
+    def _splice(self, rng, k):
+        return splice(rng, self.seeds[k], self.seeds[rng.randrange(len(self.seeds))])
+
+    def _list_magic(self, rng, k):
+        return self.pack(self.items[k], magic=rng.choice([0, 0x111, 0x113, 2**64 - 1]))
+
+    def _count(self, rng, k):
+        return self.pack(self.items[k], count=rng.choice([0, len(self.items[k]) + 1, *HUGE_LENGTHS]))
+
+    def _header(self, rng, k, fn):
+        j = rng.randrange(len(self.items[k]))
+        return self.pack(self.items[k], nd=lambda i, a: fn(a) if i == j else b"")
+
+    def _nd_magic(self, rng, k):
+        m = rng.choice([0, 0xF993FAC8, 0xF993FACA, 0xFFFFFFFF])
+        return self._header(rng, k, lambda a: struct.pack("<Iii", m, 0, a.ndim) + struct.pack(f"<{a.ndim}q", *a.shape)
+                            + struct.pack("<iii", 1, 0, 0) + a.astype("<f4").tobytes())  # fmt: skip
+
+    def _stype(self, rng, k):
+        st = rng.choice([1, 2, -1])
+        return self._header(rng, k, lambda a: struct.pack("<IiI", 0xF993FAC9, st, a.ndim)
+                            + struct.pack(f"<{a.ndim}q", *a.shape) + struct.pack("<iii", 1, 0, 0) + a.tobytes())  # fmt: skip
+
+    def _ndim(self, rng, k):
+        nd = rng.choice([0, 33, 2**31, 2**32 - 1, 1000])
+        return self._header(rng, k, lambda a: struct.pack("<IiI", 0xF993FAC9, 0, nd) + b"\x01" * 16)
+
+    def _dims(self, rng, k):
+        def one(a):
+            shape = [rng.choice([-1, 0, 2**40, 2**62, 2**63 - 1, d + 1]) for d in a.shape] or [2**40]
+            return (struct.pack("<IiI", 0xF993FAC9, 0, len(shape)) + struct.pack(f"<{len(shape)}q", *shape)
+                    + struct.pack("<iii", 1, 0, 0) + a.tobytes())  # fmt: skip
+
+        return self._header(rng, k, one)
+
+    def _dtype(self, rng, k):
+        fl = rng.choice([1, 2, 3, 4, 6, 7, 12, -1, 99])
+        return self._header(rng, k, lambda a: struct.pack("<IiI", 0xF993FAC9, 0, a.ndim)
+                            + struct.pack(f"<{a.ndim}q", *a.shape) + struct.pack("<iii", 1, 0, fl) + a.tobytes())  # fmt: skip
+
+    def _names(self, rng, k):
+        nm = [k_.encode() for k_, _ in self.items[k]]
+        what = rng.choice(["dup", "short", "huge", "utf8", "fewer"])
+        if what == "dup":
+            nm[-1] = nm[0]
+        elif what == "utf8":
+            nm[0] = b"\xff\xfe"
+        elif what == "fewer":
+            nm = nm[:-1]
+        data = self.pack(self.items[k], names=nm)
+        if what in ("short", "huge"):
+            tail = struct.pack("<Q", len(nm[-1])) + nm[-1]
+            bad = struct.pack("<Q", rng.choice([len(nm[-1]) + 5, *HUGE_LENGTHS])) + nm[-1]
+            data = data[: -len(tail)] + bad if data.endswith(tail) else data
+        return data
+
+    def _trailing(self, rng, k):
+        return self.seeds[k] + b"\x00" * rng.choice([1, 8, 4096])
+
+
 # ---------------------------------------------------------------------------------- targets
 @dataclass
 class Target:
@@ -1396,8 +1833,159 @@ def _register_mindspore(s: Setup) -> None:
     p = os.path.join(workdir, "seed.safetensors")
     Path(p).write_bytes(st)
     reader(p)
+    # mem_factor: the safetensors library returns a dict and a buffer per entry, each made a numpy array:
+    # ~1.2 KB per entry, ~20x the ~65 header bytes of a crafted empty entry (real files: ~1x, data dominates)
     register(Target("mindspore_safetensors", ".ckpt", lambda path: reader(path), SafetensorsMutator([st], big),
-                    mem_factor=16, weight=0.4, note="converters/mindspore.read_ckpt_tensors (safetensors)"))  # fmt: skip
+                    mem_factor=32, weight=0.4, note="converters/mindspore.read_ckpt_tensors (safetensors)"))  # fmt: skip
+
+
+@target_family("pytorch")
+def _register_pytorch(s: Setup) -> None:
+    from senet_hub.converters.pytorch import read_state_dict as reader
+
+    seeds = torch_seeds()
+    for j, seed in enumerate(seeds):
+        p = os.path.join(s.workdir, f"seed{j}.pth")
+        Path(p).write_bytes(seed.archive())
+        reader(p)  # the seeds must read
+    # mem_factor: the reader holds the pickle's objects (~50 bytes per pickle byte at worst: an opcode
+    # per tuple) and one copy of the storages it reads (views stay views)
+    register(Target("pytorch_pth", ".pth", lambda path: reader(path), TorchZipMutator(seeds, s.big), mem_factor=64,
+                    weight=1.2, note="converters/pytorch.read_state_dict (torch.save zip, restricted unpickler)"))  # fmt: skip
+    import json
+
+    data = np.arange(12, dtype="<f4").tobytes() + np.arange(4, dtype="<u2").tobytes()
+    header = {"__metadata__": {"format": "pt", "senet_hub": json.dumps({"format": "senet-hub"})},
+              "module.w": {"dtype": "F32", "shape": [3, 4], "data_offsets": [0, 48]},
+              "module.b": {"dtype": "BF16", "shape": [4], "data_offsets": [48, 56]}}  # fmt: skip
+    h = json.dumps(header).encode()
+    st = len(h).to_bytes(8, "little") + h + data
+    p = os.path.join(s.workdir, "seed.safetensors")
+    Path(p).write_bytes(st)
+    reader(p)
+    # mem_factor: as mindspore_safetensors (the same library underneath)
+    register(Target("pytorch_safetensors", ".safetensors", lambda path: reader(path), SafetensorsMutator([st], s.big),
+                    mem_factor=32, weight=0.4, note="converters/pytorch.read_state_dict (safetensors library)"))  # fmt: skip
+
+
+@target_family("chainer")
+def _register_chainer(s: Setup) -> None:
+    from senet_hub.builders.chainer import GRAPH_KEY, _graph_json
+    from senet_hub.converters.chainer_npz import load
+    from senet_hub.graph import Graph, Node
+
+    rng = np.random.default_rng(5)
+    g = Graph([Node("conv", "conv", ["data"], {"out_channels": 4, "kernel": (3, 3), "bias": True}),
+               Node("bn", "batch_norm", ["conv"], {}), Node("gap", "global_avg_pool", ["bn"]),
+               Node("fc", "linear", ["gap"], {"out_features": 3})], input_shape=(1, 3, 6, 6))  # fmt: skip
+    arrays = {"bn/N": np.array(0, np.int64), "bn/avg_mean": rng.standard_normal(4).astype(np.float32),
+              "bn/avg_var": np.ones(4, np.float32), "bn/beta": np.zeros(4, np.float32),
+              "bn/gamma": np.ones(4, np.float32), "conv/W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+              "conv/b": np.zeros(4, np.float32), "fc/W": rng.standard_normal((3, 4)).astype(np.float32),
+              "fc/b": np.zeros(3, np.float32)}  # fmt: skip
+    with_graph = {**arrays, GRAPH_KEY: np.frombuffer(_graph_json(g, {"arch": "tiny"}).encode(), np.uint8)}
+    mut = NpzMutator([with_graph, arrays], GRAPH_KEY, s.big)
+    for j, data in enumerate(mut.seeds[:1]):
+        p = os.path.join(s.workdir, f"seed{j}.npz")
+        Path(p).write_bytes(data)
+        load(p)  # the seed with its graph must read (the graph-less one is recognised against the zoo: refused)
+    # mem_factor: np.load reads a member whole, then the float32 copy; mem_abs: the zoo recognition pass
+    # of a graph-less file builds each architecture's expected keys
+    register(Target("chainer_npz", ".npz", lambda path: load(path), mut, mem_factor=8, mem_abs=24 << 20, weight=0.2,
+                    note="converters/chainer_npz.load (zip of .npy, pickles refused, graph JSON)"))  # fmt: skip
+
+
+@target_family("mxnet")
+def _register_mxnet(s: Setup) -> None:
+    from senet_hub.converters.mxnet_params import read_params
+
+    rng = np.random.default_rng(6)
+    items = [[("arg:conv_weight", rng.standard_normal((4, 3, 3, 3)).astype(np.float32)),
+              ("arg:bn_gamma", np.ones(4, np.float32)), ("aux:bn_moving_var", np.ones(4, np.float32)),
+              ("arg:fc_weight", rng.standard_normal((3, 4)).astype(np.float64))],
+             [("arg:x", np.arange(6, dtype=np.int64).reshape(2, 3))]]  # fmt: skip
+    mut = MxParamsMutator(items, s.big)
+    for j, data in enumerate(mut.seeds):
+        p = os.path.join(s.workdir, f"seed{j}.params")
+        Path(p).write_bytes(data)
+        read_params(p)  # the seeds must read
+    # mem_factor: the file is read whole, then each array copied once (native byte order)
+    register(Target("mxnet_params", ".params", lambda path: read_params(path), mut, mem_factor=4, weight=0.4,
+                    note="converters/mxnet_params.read_params (mx.nd.save NDArray list)"))  # fmt: skip
+
+
+ONNX_SCHEMA = {
+    "Model": {7: "Graph", 25: "Function"}, "Graph": {1: "Node", 5: "Tensor", 11: "ValueInfo", 12: "ValueInfo"},
+    "Node": {5: "Attribute"}, "Attribute": {5: "Tensor", 6: "Graph"}, "Tensor": {}, "ValueInfo": {2: "Type"},
+    "Type": {1: "TypeTensor"}, "TypeTensor": {2: "Shape"}, "Shape": {1: "Dim"}, "Dim": {}, "Function": {7: "Node"},
+}  # fmt: skip
+
+
+def onnx_seeds() -> list[bytes]:
+    """Two tiny SE graphs: torch.onnx.export's forms (BN, ceil pool, Shape -> Gather -> Concat reshape
+    target, Mul + Add gate) and senet-hub's own export (Axpy node + its model-local function)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from senet_hub.builders import onnx as onnx_builder
+    from senet_hub.graph import Graph, Model, Node
+
+    rng = np.random.default_rng(11)
+
+    def arr(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape).astype(np.float32)
+
+    mk = helper.make_node
+    inits = {"c.weight": arr(4, 3, 3, 3), "bn.weight": arr(4), "bn.bias": arr(4), "bn.running_mean": arr(4),
+             "bn.running_var": np.abs(arr(4)) + 0.5, "fc1.weight": arr(2, 4, 1, 1), "fc2.weight": arr(4, 2, 1, 1),
+             "fc.weight": arr(5, 4), "fc.bias": arr(5), "zero": np.array([0], np.int64),
+             "minus1": np.array([-1], np.int64)}  # fmt: skip
+    nodes = [
+        mk("Conv", ["x", "c.weight"], ["c"], name="/c/Conv", pads=[1, 1, 1, 1]),
+        mk("BatchNormalization", ["c", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"], ["b"]),
+        mk("Relu", ["b"], ["r"]),
+        mk("MaxPool", ["r"], ["p"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+        mk("ReduceMean", ["p"], ["m"], axes=[2, 3], keepdims=1),
+        mk("Conv", ["m", "fc1.weight"], ["f1"]), mk("Relu", ["f1"], ["f1r"]),
+        mk("Conv", ["f1r", "fc2.weight"], ["f2"]), mk("Sigmoid", ["f2"], ["g"]),
+        mk("Mul", ["p", "g"], ["s"]), mk("Add", ["s", "p"], ["a"]),
+        mk("GlobalAveragePool", ["a"], ["gap"]),
+        mk("Shape", ["gap"], ["shape"]), mk("Gather", ["shape", "zero"], ["n"], axis=0),
+        mk("Concat", ["n", "minus1"], ["target"], axis=0), mk("Reshape", ["gap", "target"], ["flat"]),
+        mk("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1), mk("Softmax", ["logits"], ["y"], axis=1),
+    ]  # fmt: skip
+    g = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 9, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )  # fmt: skip
+    torch_like = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    canon = Graph(
+        [Node("conv", "conv", ["data"], {"out_channels": 4, "kernel": (3, 3), "bias": False}),
+         Node("gap", "global_avg_pool", ["conv"]), Node("fc", "conv", ["gap"], {"out_channels": 4, "kernel": (1, 1)}),
+         Node("gate", "sigmoid", ["fc"]), Node("axpy", "axpy", ["gate", "conv", "conv"]),
+         Node("cls", "linear", ["axpy"], {"out_features": 3})],
+        input_shape=(1, 3, 6, 6),
+    )  # fmt: skip
+    weights = {"conv.weight": arr(4, 3, 3, 3), "fc.weight": arr(4, 4, 1, 1), "fc.bias": arr(4),
+               "cls.weight": arr(3, 64), "cls.bias": arr(3)}  # fmt: skip
+    own = onnx_builder.to_bytes(Model(canon, weights, {"arch": "tiny"}), opset=17)
+    return [torch_like.SerializeToString(), own]
+
+
+@target_family("onnx")
+def _register_onnx(s: Setup) -> None:
+    from senet_hub.converters.onnx_source import load
+
+    seeds = onnx_seeds()
+    for j, data in enumerate(seeds):
+        p = os.path.join(s.workdir, f"seed{j}.onnx")
+        Path(p).write_bytes(data)
+        load(p)  # the seeds must read
+    # mem_factor: protobuf parses in C++ (untraced); the weights are copied once into numpy arrays,
+    # then once more as float32 canonical weights; mem_abs: the zoo's recognition pass
+    register(Target("onnx_model", ".onnx", lambda path: load(path),
+                    WireMutator(seeds, ONNX_SCHEMA, "Model", (7,), ("Graph", 5), s.big), mem_factor=8,
+                    mem_abs=16 << 20, weight=0.4, note="converters/onnx_source.load (protobuf ModelProto)"))  # fmt: skip
 
 
 @target_family("manifest")

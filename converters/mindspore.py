@@ -20,11 +20,17 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from senet_hub.errors import FormatError, ModelError, SenetHubError
+
+from . import recognize
+
+if TYPE_CHECKING:
+    from senet_hub.graph import Graph, Model
 
 # the file format, importable from here as before the split
 from .mindspore_format import (  # noqa: F401
@@ -33,7 +39,6 @@ from .mindspore_format import (  # noqa: F401
     CRC_TRAILER,
     MAX_DIMS,
     NP_TO_CKPT,
-    SAFETENSORS_DTYPES,
     SLICE_BYTES,
     _encode,
     _ld,
@@ -51,7 +56,7 @@ DENSE_CELLS = ("se_module.conv_reduce", "se_module.conv_expand")
 # ------------------------------------------------------------------------------- name mapping
 
 
-def mindcv_names(graph: Any) -> list[tuple[str, str, str]]:
+def mindcv_names(graph: Graph) -> list[tuple[str, str, str]]:
     """[(canonical key, MindCV key, kind)] in MindCV's parameter order; kind: "same" | "dense"."""
     out = []
     for n in graph.nodes:
@@ -71,7 +76,7 @@ def mindcv_names(graph: Any) -> list[tuple[str, str, str]]:
     return out
 
 
-def generic_names(model: Any) -> list[tuple[str, str]]:
+def generic_names(model: Model) -> list[tuple[str, str]]:
     """(canonical key, MindSpore-style key) for any model: BN params get MindSpore's names."""
     out = []
     for n in model.graph.nodes:
@@ -116,44 +121,47 @@ def _num_classes(net: dict[str, np.ndarray]) -> int | None:
     return int(w.shape[0]) if w is not None and w.ndim == 2 else None
 
 
+def _expected_shapes(net: dict[str, np.ndarray], arch: str) -> dict[str, tuple[int, ...]]:
+    """{MindCV key: shape} of `arch`, with the head width of these entries."""
+    return {mk: shp for mk, (_, shp, _) in _expected(arch, _num_classes(net))[1].items()}
+
+
 def mismatches(net: dict[str, np.ndarray], arch: str) -> list[str]:
     """What keeps these MindCV entries from being `arch` (empty list = they fit exactly)."""
-    _, exp = _expected(arch, _num_classes(net))
-    out = []
-    for mk, (_, shp, _) in exp.items():
-        if mk not in net:
-            out.append(f"missing {mk} {shp}")
-        elif tuple(net[mk].shape) != shp:
-            out.append(f"{mk} has shape {tuple(net[mk].shape)}, expected {shp}")
-    out += [f"unexpected {k} {tuple(v.shape)}" for k, v in net.items() if k not in exp]
-    return out
+    return recognize.mismatches({k: tuple(v.shape) for k, v in net.items()}, _expected_shapes(net, arch))
 
 
 def _summary(problems: list[str], n: int = 4) -> str:
-    more = f" (and {len(problems) - n} more)" if len(problems) > n else ""
-    return "; ".join(problems[:n]) + more
+    return recognize.summary(problems, n)
 
 
 def infer_arch(tensors: dict[str, np.ndarray]) -> tuple[str | None, list[tuple[str, list[str]]]]:
     """The MindCV architecture the entries fit exactly (None unless exactly one), and every
-    candidate's mismatches, best first."""
+    candidate's mismatches, best first (converters.recognize: the rule every weights-only source uses)."""
     from senet_hub import zoo
 
     net, _ = _network_entries(tensors)
-    scored = sorted(((a, mismatches(net, a)) for a in zoo.list_archs("mindcv")), key=lambda t: len(t[1]))
-    exact = [a for a, m in scored if not m]
-    return (exact[0] if len(exact) == 1 else None), scored
+    got = {k: tuple(v.shape) for k, v in net.items()}
+    scored = recognize.rank(got, zoo.list_archs("mindcv"), lambda a: _expected_shapes(net, a))
+    arch, _ = recognize.choose(scored)
+    return arch, scored
 
 
-def from_mindcv(tensors: dict[str, np.ndarray], arch: str, path: str = "<tensors>") -> Any:
+def from_mindcv(tensors: dict[str, np.ndarray], arch: str, path: str = "<tensors>") -> Model:
     """Canonical Model of MindCV `arch` from checkpoint entries (MindCV names)."""
     from senet_hub import zoo
     from senet_hub.graph import Model, validate
 
     if not zoo.is_arch(arch, "mindcv"):
-        raise SenetHubError(
-            f"unknown MindCV architecture '{arch}'; choose one of {', '.join(zoo.list_archs('mindcv'))}"
-        )
+        try:  # another spelling of a MindCV arch (mindcv/seresnet50); the MindCV family first on a tie
+            resolved = zoo.resolve_arch(arch, prefer=("mindcv",))
+        except SenetHubError:
+            resolved = arch
+        if not zoo.is_arch(resolved, "mindcv"):
+            raise SenetHubError(
+                f"unknown MindCV architecture '{arch}'; choose one of {', '.join(zoo.list_archs('mindcv'))}"
+            )
+        arch = resolved
     net, other = _network_entries(tensors)
     problems = mismatches(net, arch)
     if problems:
@@ -189,7 +197,7 @@ def from_mindcv(tensors: dict[str, np.ndarray], arch: str, path: str = "<tensors
     return model
 
 
-def load_ckpt(path: str | os.PathLike, arch: str | None = None) -> Any:
+def load_ckpt(path: str | os.PathLike, arch: str | None = None) -> Model:
     """Read a MindCV SENet checkpoint into a validated canonical Model.
 
     Without `arch` the architecture is inferred when exactly one MindCV SENet fits the
@@ -211,7 +219,7 @@ def load_ckpt(path: str | os.PathLike, arch: str | None = None) -> Any:
     return from_mindcv(tensors, arch, path)
 
 
-def to_mindcv(model: Any) -> dict[str, np.ndarray]:
+def to_mindcv(model: Model) -> dict[str, np.ndarray]:
     """MindCV-named float32 tensors of a model of a MindCV architecture, in MindCV's order."""
     from senet_hub import zoo
     from senet_hub.graph import infer_shapes, structure
@@ -236,17 +244,31 @@ def to_mindcv(model: Any) -> dict[str, np.ndarray]:
                     f"{arch}: the model's graph is not MindCV's {arch}: {what} where MindCV has {exp}{hint}"
                 )
     infer_shapes(model)
-    out = {}
+    out: dict[str, np.ndarray] = {}
     for ck, mk, kind in mindcv_names(model.graph):
-        a = np.asarray(model.weights[ck], np.float32)
-        out[mk] = a.reshape(a.shape[:2]) if kind == "dense" else a
+        arr = np.asarray(model.weights[ck], np.float32)
+        out[mk] = arr.reshape(arr.shape[:2]) if kind == "dense" else arr
     return out
+
+
+def notes(model: Model, say: Callable[[str], None]) -> None:
+    """Before a .ckpt is written: say where it loads when its architecture is not a MindCV one
+    (the file is still exact and senet-hub reads it back, but mindcv.create_model has no such net)."""
+    from senet_hub import zoo
+
+    if zoo.is_arch(model.arch, "mindcv"):
+        return
+    say(
+        f"note: {model.arch} is not a MindCV architecture: the .ckpt holds its weights under senet-hub's "
+        "canonical names (MindSpore BatchNorm names); senet-hub reads it back (--from mindspore --ckpt), "
+        "mindcv.create_model has no model that loads it"
+    )
 
 
 METADATA_TAG = "senet_hub_metadata"  # a "str" entry: MindSpore loads it as a str, load_param_into_net skips it
 
 
-def save_ckpt(model: Any, path: str | os.PathLike, crc: bool = False, metadata: dict | None = None) -> str:
+def save_ckpt(model: Model, path: str | os.PathLike, crc: bool = False, metadata: dict | None = None) -> str:
     """Write a model as a MindSpore .ckpt; returns the path.
 
     A model of a MindCV architecture gets MindCV's names (``mindcv.create_model(arch)`` +

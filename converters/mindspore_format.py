@@ -15,12 +15,12 @@ accepts non-packed and packed dims, and reads every dtype MindSpore writes (``Fl
 ``BFloat16`` -> float32, signed/unsigned ints, ``Bool``, ``str``). Each declared length is checked
 against the bytes present before anything is allocated; a corrupt, truncated or encrypted file
 fails with ``FormatError`` naming the file and the problem. MindSpore's safetensors output
-(``format="safetensors"``) is read too (same parameter names).
+(``format="safetensors"``, same parameter names) is read too, by the safetensors library
+(``converters.pytorch_format.parse_safetensors``: one safetensors reader for every source).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import zlib
@@ -48,8 +48,6 @@ CKPT_DTYPES: dict[str, str] = {
     "Bool": "?",
 }
 NP_TO_CKPT = {np.dtype(v.lstrip("<")): k for k, v in CKPT_DTYPES.items()}  # native dtype -> tensor_type
-SAFETENSORS_DTYPES = {"F16": "<f2", "F32": "<f4", "F64": "<f8", "I8": "i1", "U8": "u1", "I16": "<i2", "U16": "<u2",
-                      "I32": "<i4", "U32": "<u4", "I64": "<i8", "U64": "<u8", "BOOL": "?", "BF16": "bf16"}  # fmt: skip
 SLICE_BYTES = 512 * 1024 * 1024  # mindspore SLICE_SIZE (512 * 1024 KB): larger tensors are split
 CRC_MARK = b"crc_num"
 CRC_TRAILER = len(CRC_MARK) + 10
@@ -174,43 +172,6 @@ def _parse_ckpt(buf: bytearray, path: str) -> dict[str, np.ndarray]:
     return {tag: _assemble(w, tag, *entries[tag]) for tag in order}
 
 
-def _parse_safetensors(buf: bytearray, path: str) -> dict[str, np.ndarray]:
-    n = int.from_bytes(buf[:8], "little")
-    if n > len(buf) - 8:
-        raise FormatError(f"{path}: safetensors header declares {n} bytes but the file has {len(buf) - 8}")
-    try:
-        header = json.loads(bytes(buf[8 : 8 + n]))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as e:
-        raise FormatError(f"{path}: unreadable safetensors header: {str(e)[:200]}") from None
-    if not isinstance(header, dict):
-        raise FormatError(f"{path}: safetensors header is not a JSON object")
-    data = memoryview(buf)[8 + n :]
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dt, shape = info["dtype"], tuple(int(d) for d in info["shape"])
-            a, b = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise FormatError(f"{path}: safetensors entry {name!r} is malformed") from None
-        if not isinstance(dt, str) or dt not in SAFETENSORS_DTYPES:
-            raise FormatError(f"{path}: safetensors entry {name!r} has unsupported dtype {dt!r}")
-        dtype = np.dtype("<u2" if dt == "BF16" else SAFETENSORS_DTYPES[dt])
-        if any(d < 0 for d in shape) or not (0 <= a <= b <= len(data)) or (b - a) != math.prod(shape) * dtype.itemsize:
-            raise FormatError(f"{path}: safetensors entry {name!r} {dt}{list(shape)} has bad offsets [{a}, {b})")
-        try:
-            arr = np.frombuffer(data[a:b], dtype).reshape(shape)
-        except ValueError:
-            raise FormatError(f"{path}: safetensors entry {name!r} has invalid shape {list(shape)[:8]}") from None
-        out[name] = _bf16_to_f32(arr) if dt == "BF16" else arr.astype(dtype.newbyteorder("="), copy=False)
-    return out
-
-
-def _looks_like_safetensors(buf: bytearray) -> bool:
-    return len(buf) >= 10 and int.from_bytes(buf[:8], "little") < len(buf) and buf[8:10] in (b'{"', b"{ ")
-
-
 def read_ckpt_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every tensor of a MindSpore checkpoint, in file order: {tag: ndarray} (native byte order).
 
@@ -221,8 +182,12 @@ def read_ckpt_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     buf = read_bytes(path, "MindSpore checkpoint")
     if not buf:
         raise FormatError(f"{path}: empty file, not a MindSpore checkpoint")
-    if _looks_like_safetensors(buf):
-        return _parse_safetensors(buf, path)
+    from .pytorch_format import looks_like_safetensors, parse_safetensors
+
+    if looks_like_safetensors(buf):  # MindSpore's format="safetensors": the safetensors library reads it
+        data = bytes(buf)
+        del buf
+        return parse_safetensors(data, path)[0]
     return _parse_ckpt(buf, path)
 
 

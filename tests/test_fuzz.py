@@ -35,10 +35,11 @@ from senet_hub.errors import FormatError, SenetHubError
 
 N_CORPUS = 10_000
 SEED = 0
-GROUPS = ["caffemodel", "caffe_load", "prototxt_graph", "mindspore", "manifest"]
+GROUPS = ["caffemodel", "caffe_load", "prototxt_graph", "mindspore", "onnx", "pytorch", "chainer", "mxnet", "manifest"]
 # Every reader of untrusted input, by target name: a family that fails to build, or a target that
 # goes missing, fails test_every_target_is_registered (nothing is dropped silently)
-FAMILIES = {"caffe", "mindspore", "manifest"}  # the file-reading sources of senet_hub.formats + the manifest
+# the file-reading sources of senet_hub.formats + the manifest
+FAMILIES = {"caffe", "mindspore", "onnx", "pytorch", "chainer", "mxnet", "manifest"}
 SEEDS = ["tiny", "tiny_v1", "se_tiny"]
 EXPECTED_TARGETS = {
     "caffemodel",
@@ -46,6 +47,11 @@ EXPECTED_TARGETS = {
     *(f"caffe_load[{s}].{ext}" for s in SEEDS for ext in ("caffemodel", "prototxt")),
     "mindspore_ckpt",
     "mindspore_safetensors",
+    "onnx_model",
+    "pytorch_pth",
+    "pytorch_safetensors",
+    "chainer_npz",
+    "mxnet_params",
     "manifest_yaml",
 }
 

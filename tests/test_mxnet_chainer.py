@@ -446,7 +446,9 @@ def test_matches_real_caffe(backend, arch, caffemodel):
 
 # --------------------------------------------------------------------------------------------- zoo
 
-ZOO_ARCHS = zoo.list_archs() if zoo is not None and hasattr(zoo, "list_archs") else []
+# the Caffe release and MindCV at full size; the timm family is checked against timm's own forward
+# (tests/test_timm_zoo.py) and, reduced in depth, on these backends through verify there
+ZOO_ARCHS = zoo.list_archs("caffe") + zoo.list_archs("mindcv")
 
 
 def _zoo_check(builder, arch: str, batch: int = 1) -> None:

@@ -435,7 +435,9 @@ def test_matches_real_caffe(arch, caffemodel):
 
 # --------------------------------------------------------------------------------------------- zoo
 
-ZOO_ARCHS = zoo.list_archs() if zoo is not None and hasattr(zoo, "list_archs") else []
+# the Caffe release and MindCV at full size; the timm family is checked against timm's own forward
+# (tests/test_timm_zoo.py) and, reduced in depth, on these backends through verify there
+ZOO_ARCHS = zoo.list_archs("caffe") + zoo.list_archs("mindcv")
 
 
 def assert_as_close_as_float32(model: Model, outs: dict, x: np.ndarray, names=None) -> None:

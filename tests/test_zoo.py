@@ -58,8 +58,9 @@ def _param_nodes(g: Graph) -> list[Node]:
 def test_list_archs():
     archs = zoo.list_archs()
     assert archs[:7] == RELEASED
-    assert archs[7:] == MINDCV
-    assert "caffe" in zoo.families() and "mindcv" in zoo.families()
+    assert archs[7:12] == MINDCV
+    assert archs[12:] == zoo.list_archs("timm")  # timm_zoo.yaml (tests/test_timm_zoo.py)
+    assert "caffe" in zoo.families() and "mindcv" in zoo.families() and "timm" in zoo.families()
 
 
 def test_unknown_arch():
@@ -250,7 +251,7 @@ def test_mindcv_family_through_the_zoo():
 
     mindcv = ["seresnet18", "seresnet34", "seresnet50", "seresnext26_32x4d", "seresnext50_32x4d"]
     assert zoo.list_archs("mindcv") == mindcv and not any(zoo.is_arch(a, "caffe") for a in mindcv)
-    assert zoo.list_archs("caffe") + mindcv == zoo.list_archs()
+    assert zoo.list_archs("caffe") + mindcv + zoo.list_archs("timm") == zoo.list_archs()
     for arch in ("seresnet18", "seresnext26_32x4d"):
         # the zoo expands a MindCV arch through the family module's own function, once
         assert structure(zoo.expand(arch)) == structure(mindcv_family.expand(zoo.description(arch)))

@@ -275,6 +275,36 @@ def _input_norm(c: _Ctx, s: Step, ins: list[Any]) -> Any:
 # ---------------------------------------------------------------------------------------- Chain
 
 
+def link_paths(names: list[str], shadows: Callable[[tuple[str, ...], str], bool]) -> dict[str, tuple[str, ...]]:
+    """The attribute path of each named link in a SENetChain (``layer1.0.conv1`` -> layer1, 0, conv1),
+    placed in the order given; the npz key of a parameter is the path joined by ``/`` plus its attribute.
+
+    A part is the name's dotted part (``/`` -> ``_``, empty -> ``_``); it gets a trailing ``_`` while it
+    shadows an attribute of its parent (``shadows(parent path, part)``), is an existing leaf link, or is
+    an existing nested Chain where the leaf goes. Pure, so a reader of the npz (converters.chainer_npz)
+    names the keys without Chainer, with `shadows` answered from the file's keys.
+    """
+    kids: dict[tuple[str, ...], dict[str, bool]] = {}  # parent path -> child part -> is a nested Chain
+    out: dict[str, tuple[str, ...]] = {}
+    for name in names:
+        parts = [p.replace("/", "_") or "_" for p in name.split(".")]
+        path: tuple[str, ...] = ()
+        for i, part in enumerate(parts):
+            leaf = i == len(parts) - 1
+            mine = kids.setdefault(path, {})
+            while True:
+                if part in mine:
+                    if mine[part] and not leaf:  # an existing nested Chain: go into it
+                        break
+                elif not shadows(path, part):
+                    mine[part] = not leaf
+                    break
+                part += "_"
+            path += (part,)
+        out[name] = path
+    return out
+
+
 def _chain_class() -> type:
     chainer = import_chainer()
 
@@ -294,6 +324,11 @@ def _chain_class() -> type:
             self._paths: dict[str, tuple[str, ...]] = {}
             self._senet_params: dict[str, dict[str, str]] = {}  # node -> canonical parameter -> link attribute
             shapes = graph_shapes(graph)
+            plain = chainer.Chain()  # what a nested Chain has as attributes (the root: this Chain's own)
+            self._paths = link_paths(
+                [s.name for s in steps if s.op in LINKS],
+                lambda parent, part: hasattr(plain if parent else self, part),
+            )
             with self.init_scope():
                 for s in steps:
                     if s.op in LINKS:
@@ -306,26 +341,15 @@ def _chain_class() -> type:
             return self._graph
 
         def _place(self, name: str, link: Any) -> None:
-            parts = [p.replace("/", "_") or "_" for p in name.split(".")]
-            parent, path = self, []
-            for i, part in enumerate(parts):
-                leaf = i == len(parts) - 1
-                while True:  # skip names that shadow attributes or hold the wrong kind of link
-                    child = getattr(parent, part) if part in parent._children else None
-                    if child is None and not hasattr(parent, part):
-                        break
-                    if child is not None and not leaf and isinstance(child, chainer.Chain):
-                        break
-                    part += "_"
-                path.append(part)
-                if leaf:
-                    with parent.init_scope():
-                        setattr(parent, part, link)
-                elif child is None:
+            parent: Any = self
+            *chains, leaf = self._paths[name]
+            for part in chains:
+                if part not in parent._children:
                     with parent.init_scope():
                         setattr(parent, part, chainer.Chain())
                 parent = getattr(parent, part)
-            self._paths[name] = tuple(path)
+            with parent.init_scope():
+                setattr(parent, leaf, link)
 
         def __getitem__(self, name: str) -> Any:
             """The link of canonical node ``name`` (conv, batch_norm, linear)."""

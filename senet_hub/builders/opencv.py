@@ -31,13 +31,24 @@ def available() -> str | None:
 
 
 def patch_axpy(text: str) -> str:
-    """Rewrite every Axpy layer of a prototxt as Reshape + Scale(axis 0) + Eltwise SUM."""
+    """Rewrite every Axpy layer of a prototxt as Reshape + Scale(axis 0) + Eltwise SUM, and every
+    ``round_mode: FLOOR`` pooling as ``ceil_mode: false``.
+
+    The second rewrite: OpenCV 4.x's Caffe importer ignores BVLC Caffe's ``round_mode`` field and
+    always pools in ceil mode unless its own ``ceil_mode: false`` is given, so a floor-mode pool
+    (timm's stem max pool 3x3/2 pad 1) came out one row and column larger. BVLC Caffe rejects
+    ``ceil_mode``, so the Caffe writer must keep ``round_mode`` and only OpenCV's copy is changed.
+    """
     from senet_hub.converters.caffe_format import Quoted, format_prototxt, parse_prototxt
 
     net = parse_prototxt(text)
     for key in ("layer", "layers"):
         out = []
         for layer in net.get(key, []):
+            for p in layer.get("pooling_param", []):
+                if isinstance(p, dict) and str(p.get("round_mode", ["CEIL"])[0]).upper() in ("FLOOR", "1"):
+                    del p["round_mode"]
+                    p["ceil_mode"] = ["false"]
             if str(layer.get("type", [""])[0]) != "Axpy":
                 out.append(layer)
                 continue

@@ -39,7 +39,7 @@ def _parity_error(output: str, summary: dict[str, Any]) -> ParityError:
     "-o",
     "--output",
     required=True,
-    help="Output: .pth/.pt2/.pt, .onnx, SavedModel dir or .keras, MXNet prefix, .npz, Caffe prefix, .ckpt.",
+    help="Output: .pth/.safetensors/.pt2/.pt, .onnx, SavedModel dir or .keras, MXNet prefix, .npz, Caffe prefix, .ckpt, timm dir.",
 )
 @click.option("--opset", type=int, default=None, help="ONNX opset (--to onnx).")
 @click.option("--inline", is_flag=True, help="ONNX: inline the Axpy function into standard ops.")

@@ -21,6 +21,7 @@ from ..graph import Model
 # format id -> what it is (for messages)
 FORMATS = {
     "pth": ".pth state_dict",
+    "safetensors": ".safetensors state_dict",
     "pt2": ".pt2 torch.export program",
     "pt": ".pt TorchScript",
     "onnx": ".onnx",
@@ -30,8 +31,9 @@ FORMATS = {
     "npz": "Chainer .npz",
     "caffe": "Caffe prefix (.prototxt + .caffemodel)",
     "ckpt": "MindSpore .ckpt",
+    "timmdir": "timm model directory (config.json + model.safetensors)",
 }
-WEIGHTS_ONLY = ("pth", "ckpt")  # formats that cannot hold an input stage
+WEIGHTS_ONLY = ("pth", "safetensors", "ckpt")  # formats that cannot hold an input stage
 TORCHVISION_HINT = (
     "PyPI's torchvision for torch 2.13 is CUDA-linked and cannot import beside the CPU torch: install "
     "the CPU torchvision build matching torch (the tests put a stub from tests/stubs on sys.path)"
@@ -221,9 +223,13 @@ def artifact_format(path: str) -> str:
     if os.path.isdir(p):
         if os.path.exists(os.path.join(p, "saved_model.pb")):
             return "savedmodel"
-        raise UnsupportedError(f"{p}: a directory that is not a TensorFlow SavedModel (no saved_model.pb)")
-    for ext, fmt in ((".pth", "pth"), (".pt2", "pt2"), (".pt", "pt"), (".onnx", "onnx"), (".keras", "keras"),
-                     (".npz", "npz"), (".ckpt", "ckpt"), (".prototxt", "caffe"), (".caffemodel", "caffe"),
+        if os.path.exists(os.path.join(p, "config.json")):
+            return "timmdir"
+        raise UnsupportedError(
+            f"{p}: a directory that is neither a TensorFlow SavedModel (saved_model.pb) nor a timm model (config.json)"
+        )
+    for ext, fmt in ((".pth", "pth"), (".safetensors", "safetensors"), (".pt2", "pt2"), (".pt", "pt"),
+                     (".onnx", "onnx"), (".keras", "keras"), (".npz", "npz"), (".ckpt", "ckpt"), (".prototxt", "caffe"), (".caffemodel", "caffe"),
                      ("-symbol.json", "mxnet"), ("-0000.params", "mxnet")):  # fmt: skip
         if low.endswith(ext):
             return fmt
@@ -238,7 +244,7 @@ def artifact_format(path: str) -> str:
 
 # convert's --to -> the format its output has when the name does not say (prefixes, directories)
 TARGET_FORMATS = {"onnx": "onnx", "tensorflow": "savedmodel", "mxnet": "mxnet", "chainer": "npz",
-                  "caffe": "caffe", "mindspore": "ckpt", "pytorch": "pth"}  # fmt: skip
+                  "caffe": "caffe", "mindspore": "ckpt", "pytorch": "pth", "timm": "timmdir"}  # fmt: skip
 
 
 def _format_for(path: str, target: str | None) -> str:

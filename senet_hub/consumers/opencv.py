@@ -67,6 +67,7 @@ def _run_opencv(job: Job) -> dict[str, np.ndarray]:
         out[n] = y.reshape(shapes[n]) if y.size == int(np.prod(shapes[n])) else y
     job.notes.append(
         "OpenCV's built-in Axpy computes a*y + x: its Axpy layers were rewritten as Reshape + Scale + "
-        "Eltwise SUM in a patched copy of the prototxt (builders.opencv.patch_axpy); the caffemodel is read as written"
+        "Eltwise SUM in a patched copy of the prototxt (builders.opencv.patch_axpy), and round_mode: FLOOR pools "
+        "(a field OpenCV ignores) given OpenCV's ceil_mode: false; the caffemodel is read as written"
     )
     return out

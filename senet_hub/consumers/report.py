@@ -173,9 +173,9 @@ def verify_artifact(
             f"consumer '{shown}' does not load a {FORMATS[fmt]} ({path}); consumers that do: {', '.join(can)}"
         )
     files = _files(fmt, path)
-    if fmt == "savedmodel":
+    if fmt in ("savedmodel", "timmdir"):  # directories
         if not os.path.isdir(path):
-            raise InputFileError(f"{path}: no such SavedModel directory")
+            raise InputFileError(f"{path}: no such {FORMATS[fmt]}")
     else:
         for f in files:
             check_regular(f, FORMATS[fmt])  # a FIFO would block the consumer's loader
