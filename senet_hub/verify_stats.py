@@ -48,7 +48,7 @@ class NodeStats:
         g = _scratch(r.size)
         # float64, into a reused buffer (no page faults), straight from got's layout (no ravel copy)
         np.copyto(g.reshape(ref64.shape), got, casting="unsafe")
-        dot, ngot = float(np.dot(r, g)), float(np.dot(g, g))
+        dot, ngot = _dot(r, g), _dot(g, g)
         np.subtract(r, g, out=g)
         hi, lo = float(g.max()), float(g.min())  # max|d| = max(hi, -lo), exactly, one pass fewer than abs
         diff = max(hi, -lo)
@@ -72,6 +72,15 @@ class NodeStats:
         return NodeResult(diff, rel, cos, rel <= rtol)
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """a . b in one deterministic pass (numpy's own loop, never BLAS).
+
+    BLAS's dot splits long vectors over its thread pool, and whether it does depends on what else
+    is running (verify --isolate compares on a thread beside a backend's forward): the cosine's
+    last digits then changed from run to run. The same inputs must give the same report."""
+    return float(np.einsum("i,i->", a, b))
+
+
 _SCRATCH = np.empty(0, np.float64)
 
 
@@ -86,7 +95,7 @@ def _scratch(n: int) -> np.ndarray:
 def reference_stats(ref: np.ndarray) -> tuple[float, float]:
     """(max|ref|, ref.ref) of a float64 reference tap."""
     r = np.asarray(ref, np.float64).ravel()
-    return float(max(r.max(), -r.min())), float(np.dot(r, r))
+    return float(max(r.max(), -r.min())), _dot(r, r)
 
 
 def compare(ref: np.ndarray, got: np.ndarray, rtol: float) -> NodeResult:
