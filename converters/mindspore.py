@@ -76,10 +76,10 @@ def mindcv_names(graph: Graph) -> list[tuple[str, str, str]]:
     return out
 
 
-def generic_names(model: Model) -> list[tuple[str, str]]:
-    """(canonical key, MindSpore-style key) for any model: BN params get MindSpore's names."""
+def generic_names(graph: Graph) -> list[tuple[str, str]]:
+    """(canonical key, MindSpore-style key) for any graph: BN params get MindSpore's names."""
     out = []
-    for n in model.graph.nodes:
+    for n in graph.nodes:
         if n.op == "batch_norm":  # in MindSpore's order
             out += [
                 (f"{n.name}.{p}", f"{n.name}.{BN_NAMES[p]}") for p in ("running_mean", "running_var", "weight", "bias")
@@ -203,8 +203,20 @@ def load_ckpt(path: str | os.PathLike, arch: str | None = None) -> Model:
     Without `arch` the architecture is inferred when exactly one MindCV SENet fits the
     checkpoint's names and shapes; otherwise a one-line error asks for --arch.
     """
+    from senet_hub import zoo
+
     path = os.fspath(path)
     tensors = read_ckpt_tensors(path)
+    record = _record(tensors.get(METADATA_TAG), path)
+    named = arch if arch is not None else (record or {}).get("arch")
+    if isinstance(named, str):
+        try:
+            resolved = zoo.resolve_arch(named, prefer=("mindcv",))
+        except SenetHubError:
+            resolved = None
+        if resolved is not None and not zoo.is_arch(resolved, "mindcv"):
+            # what save_ckpt writes for any other architecture: canonical names, MindSpore's BN names
+            return _from_generic(tensors, resolved, path, record)
     if arch is None:
         arch, scored = infer_arch(tensors)
         if arch is None:
@@ -217,6 +229,46 @@ def load_ckpt(path: str | os.PathLike, arch: str | None = None) -> Model:
                 f"with {len(probs)} mismatches: {_summary(probs, 3)}; pass --arch to see its full check"
             )
     return from_mindcv(tensors, arch, path)
+
+
+def _from_generic(tensors: dict[str, np.ndarray], arch: str, path: str, record: dict | None) -> Model:
+    """A zoo architecture that is not MindCV's, from the names save_ckpt gives it (generic_names)."""
+    from senet_hub import zoo
+    from senet_hub.graph import Model, validate
+
+    graph = zoo.expand(arch)
+    linears = [n.name for n in graph.nodes if n.op == "linear"]
+    head = tensors.get(f"{linears[-1]}.weight") if linears else None
+    ncls = int(head.shape[0]) if head is not None and head.ndim == 2 else None
+    if ncls is not None and ncls != zoo.description(arch).get("num_classes"):
+        graph = zoo.expand(arch, ncls)
+    names = generic_names(graph)
+    shapes = zoo.graph_param_shapes(graph)
+    roots = {mk.split(".", 1)[0] for _, mk in names}  # the graph's top-level cells; the rest is not the net's
+    net = {k: v for k, v in tensors.items() if k.split(".", 1)[0] in roots and v.dtype.kind != "U"}
+    other = [k for k in tensors if k not in net]
+    problems = recognize.mismatches({k: tuple(v.shape) for k, v in net.items()}, {mk: shapes[ck] for ck, mk in names})
+    if problems:
+        raise ModelError(f"{path}: does not fit {arch}: {len(problems)} mismatches: {_summary(problems)}")
+    weights: dict[str, np.ndarray] = {}
+    for ck, mk in names:
+        if net[mk].dtype.kind != "f":
+            raise ModelError(f"{path}: {mk} has dtype {net[mk].dtype}, expected a float tensor")
+        weights[ck] = net[mk].astype(np.float32, copy=False)
+    meta = {
+        **zoo.meta(arch, ncls),
+        "source_format": "mindspore",
+        "source_files": {"ckpt": os.path.basename(path)},
+        "source_paths": {"ckpt": os.path.abspath(path)} if os.path.exists(path) else {},
+        "source_dtype": sorted({str(net[mk].dtype) for _, mk in names}),
+        "ignored_entries": len(other),
+    }
+    for k in ("input_convention", "class_order", "input_fold"):
+        if record and record.get(k):
+            meta[k] = record[k]
+    model = Model(graph, weights, meta)
+    validate(model)
+    return model
 
 
 def to_mindcv(model: Model) -> dict[str, np.ndarray]:
@@ -292,7 +344,7 @@ def save_ckpt(model: Model, path: str | os.PathLike, crc: bool = False, metadata
     else:
         check_weights_only(model, "a MindSpore checkpoint")
         infer_shapes(model)
-        tensors = {mk: np.asarray(model.weights[ck], np.float32) for ck, mk in generic_names(model)}
+        tensors = {mk: np.asarray(model.weights[ck], np.float32) for ck, mk in generic_names(model.graph)}
     if metadata is not None:
         tensors[METADATA_TAG] = np.array(json.dumps(metadata, sort_keys=True, default=str))
     return write_ckpt_tensors(tensors, path, crc=crc)

@@ -3,8 +3,9 @@
 Two containers, told apart by their bytes (a ``.bin`` may be either), read by ``pytorch_format``:
 ``torch.save`` zip archives (``.pth``/``.pt``/``.bin``, torch >= 1.6) through a restricted
 unpickler that runs nothing (a pickle naming ``os.system`` or any class is refused, exit 4), and
-``.safetensors`` through the ``safetensors`` library. The legacy non-zip torch format is refused
-with the one-line fix (re-save with torch >= 1.6). A file senet-hub wrote carries its record
+``.safetensors`` through the ``safetensors`` library, and the legacy non-zip torch.save format (torch
+< 1.6: Cadene's ports, the files timm serves as ``legacy_*``) through the same unpickler. A file
+senet-hub wrote carries its record
 (``<archive>/senet_hub.json`` of converters.pth, or ``__metadata__["senet_hub"]`` of a
 safetensors header): architecture, input convention, class order.
 
@@ -38,6 +39,7 @@ from . import recognize
 if TYPE_CHECKING:
     from senet_hub.graph import Model
 from .pytorch_format import (
+    LegacyArchive,
     TensorRef,
     TorchArchive,
     looks_like_safetensors,
@@ -51,7 +53,6 @@ PREFER = ("timm", "caffe")
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 PREFIXES = ("module.", "model.", "_orig_mod.")
 METADATA_KEY = "senet_hub"  # safetensors __metadata__ key of the senet-hub record (JSON)
-RESAVE = "re-save it with torch >= 1.6: torch.save(torch.load(f), 'new.pth')"
 
 # ------------------------------------------------------------------------------------ reading files
 
@@ -85,7 +86,7 @@ class StateDict:
         self.ignored = 0
         self.dtypes: dict[str, str] = {}
         self.original: dict[str, str] = {}
-        self._arc: TorchArchive | None = None
+        self._arc: TorchArchive | LegacyArchive | None = None
         self._cache: dict[str, np.ndarray] = {}
         self._f, self._st = open_regular(path, "PyTorch weights file")
         try:
@@ -106,8 +107,7 @@ class StateDict:
             obj = arc.load()
             self.record = self._pth_record(arc)
             entries = self._clean(_find_state_dict(obj, path))
-            self.dtypes = {k: "bfloat16" if v.storage.stype.dtype == "bf16" else str(np.dtype(v.storage.stype.dtype))
-                           for k, v in entries.items()}  # fmt: skip
+            self.dtypes = _ref_dtypes(entries)
             return entries
         if looks_like_safetensors(head, self._st.st_size):
             self.kind = "safetensors"
@@ -129,8 +129,12 @@ class StateDict:
                 f"{path}: not a valid safetensors file: its first 8 bytes declare a {n}-byte header, the file has "
                 f"{self._st.st_size} bytes, and the header does not start with a JSON object (truncated or corrupt?)"
             )
-        if head[:1] == b"\x80":
-            raise FormatError(f"{path}: a legacy (torch < 1.6, non-zip) torch.save file; {RESAVE}")
+        if head[:1] == b"\x80":  # a pickle: torch.save before 1.6 (or with _use_new_zipfile_serialization=False)
+            self.kind = "pth-legacy"
+            legacy = self._arc = LegacyArchive(f, self._st.st_size, path)
+            entries = self._clean(_find_state_dict(legacy.load(), path))
+            self.dtypes = _ref_dtypes(entries)
+            return entries
         raise FormatError(
             f"{path}: not a PyTorch weights file (neither a torch.save zip archive nor safetensors; starts with "
             f"{head[:8]!r})"
@@ -152,7 +156,7 @@ class StateDict:
                 check_unchanged(self.path, self._f, self._st, "PyTorch weights file")
         finally:
             if self._arc is not None:
-                self._arc.zf.close()
+                self._arc.close()
             self._f.close()
 
     def _pth_record(self, arc: TorchArchive) -> dict[str, Any] | None:
@@ -194,6 +198,12 @@ class StateDict:
         if self._arc is None:
             return {k: self._entries[k] for k in keys}
         return {k: materialise(self._arc, self._entries[k], k, self._cache) for k in keys}
+
+
+def _ref_dtypes(entries: Mapping[str, TensorRef]) -> dict[str, str]:
+    """Each tensor's dtype as stored ("bfloat16" for bfloat16, which is read as float32)."""
+    return {k: "bfloat16" if v.storage.stype.dtype == "bf16" else str(np.dtype(v.storage.stype.dtype))
+            for k, v in entries.items()}  # fmt: skip
 
 
 def _find_state_dict(obj: Any, path: str, depth: int = 0) -> Mapping[Any, Any]:
@@ -315,7 +325,16 @@ def _meta(arch: str, ncls: int | None, sd: StateDict) -> dict[str, Any]:
         return meta
     name = zoo.timm_name(arch)
     if name is not None and zoo.pretrained_cfg(name) is not None:
-        return zoo.timm_meta(name, num_classes=ncls)
+        meta = zoo.timm_meta(name, num_classes=ncls)
+        if _family(arch) == "caffe":
+            # the file cannot say which input it takes: the PyTorch weights of these architectures are
+            # Cadene's port (timm serves them as legacy_*); a user's own torch.save of a net trained on
+            # Caffe's BGR 0-255 input would be read wrongly, so the assumption is said, not silent
+            meta["reader_notes"] = [
+                f"{os.path.basename(sd.path)} has no senet-hub record of its input: read as Cadene's port of the "
+                f"Caffe release (timm {name}): RGB in [0, 1], ImageNet mean/std, sorted-synset classes"
+            ]
+        return meta
     return zoo.meta(arch, ncls)
 
 
@@ -328,7 +347,11 @@ def load(path: str | os.PathLike, arch: str | None = None) -> Model:
     from senet_hub import zoo
     from senet_hub.graph import Model, validate
 
+    from . import pytorch_program
+
     path = os.fspath(path)
+    if pytorch_program.is_program(path):  # a .pt2 / TorchScript .pt: senet-hub's record, or refused
+        return pytorch_program.load(path, arch)
     with StateDict(path) as sd:
         arch, ncls = recognise(sd, arch)
         graph = zoo.expand(arch, ncls)

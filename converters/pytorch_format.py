@@ -99,6 +99,10 @@ def _rebuild_tensor_v2(
     return TensorRef(storage, offset, size, stride, metadata or None)
 
 
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any) -> TensorRef:
+    return TensorRef(storage, offset, size, stride)
+
+
 def _rebuild_parameter(data: Any, requires_grad: Any = False, hooks: Any = None, state: Any = None) -> TensorRef:
     if not isinstance(data, TensorRef):
         raise TypeError(f"a parameter wraps a {type(data).__name__}, not a tensor")
@@ -131,6 +135,7 @@ _STORAGE_TYPES = {name: _StorageType(name, dt) for name, dt in STORAGE_DTYPES.it
 ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): OrderedDict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,  # torch 0.3 (Cadene's 2017 files)
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("_codecs", "encode"): _latin1,
@@ -140,6 +145,8 @@ ALLOWED: dict[tuple[str, str], Any] = {
         for n, c in (("set", set), ("frozenset", frozenset), ("list", list), ("dict", dict), ("tuple", tuple))
     },  # fmt: skip
     **{("torch", n): st for n, st in _STORAGE_TYPES.items()},
+    # legacy files saved from the GPU name the CUDA types; the bytes on disk are the same
+    **{("torch.cuda", n): st for n, st in _STORAGE_TYPES.items() if n != "UntypedStorage"},
     ("torch.storage", "UntypedStorage"): _STORAGE_TYPES["UntypedStorage"],
 }
 
@@ -149,9 +156,12 @@ class Refused(Exception):
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, data: bytes):
-        super().__init__(io.BytesIO(data))
+    """`legacy`: the pre-1.6 format, whose storage ids carry a sixth item, view metadata."""
+
+    def __init__(self, data: bytes | io.BytesIO, legacy: bool = False):
+        super().__init__(data if isinstance(data, io.BytesIO) else io.BytesIO(data))
         self.storages: dict[str, Storage] = {}
+        self.legacy = legacy
 
     def find_class(self, module: str, name: str) -> Any:
         try:
@@ -160,9 +170,12 @@ class _Unpickler(pickle.Unpickler):
             raise Refused(f"{str(module)[:100]}.{str(name)[:100]}") from None
 
     def persistent_load(self, pid: Any) -> Any:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+        if not (isinstance(pid, tuple) and len(pid) == (6 if self.legacy else 5) and pid[0] == "storage"):
             raise TypeError(f"unknown persistent id {str(pid)[:80]}")
-        _, stype, key, _location, numel = pid
+        if self.legacy and pid[5] is not None:
+            # torch < 0.4 saved views of one storage this way; a state_dict of modules never holds one
+            raise TypeError(f"storage {str(pid[2])[:40]!r} is saved as a view of another storage; not supported")
+        _, stype, key, _location, numel = pid[:5]
         if not isinstance(stype, _StorageType) or not isinstance(key, str) or type(numel) is not int or numel < 0:
             raise TypeError(f"malformed storage id {str(pid)[:80]}")
         known = self.storages.get(key)
@@ -209,6 +222,9 @@ class TorchArchive:
             raise FormatError(f"{path}: unknown byteorder record {order[:16]!r}")
         self.big_endian = order == b"big"
 
+    def close(self) -> None:
+        self.zf.close()
+
     def _info(self, name: str) -> zipfile.ZipInfo:
         try:
             return self.zf.getinfo(name)
@@ -244,11 +260,7 @@ class TorchArchive:
         try:
             return unpickler.load()
         except Refused as e:
-            raise FormatError(
-                f"{self.path}: its pickle calls {e}, which a weights-only state_dict never needs: refused, nothing "
-                "was run; if you trust the file, re-save only the weights with torch: "
-                "torch.save(model.state_dict(), 'weights.pth')"
-            ) from None
+            raise _refused(self.path, e) from None
         except Exception as e:  # noqa: BLE001 - any failure of an untrusted pickle is a format error
             raise FormatError(f"{self.path}: data.pkl is not a torch.save pickle ({type(e).__name__}: {e})") from None
 
@@ -271,7 +283,105 @@ class TorchArchive:
         return np.frombuffer(self._read(info, bytearray(need)), dtype)
 
 
-def materialise(arc: TorchArchive, t: TensorRef, key: str, cache: dict[str, np.ndarray]) -> np.ndarray:
+# ------------------------------------------------------------------------------ torch < 1.6 files
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
+LEGACY_PROTOCOL = 1001
+
+
+class LegacyArchive:
+    """A file in torch.save's format before 1.6 (still written with ``_use_new_zipfile_serialization=False``;
+    Cadene's ports and timm's ``legacy_*`` weights are such files).
+
+    Five pickles in a row: the magic number, the protocol version, ``sys_info``, the object (storage
+    ids ``('storage', torch.FloatStorage, key, location, numel, None)``) and the sorted list of storage
+    keys; then, in that order, each storage as an int64 little-endian element count and its raw
+    little-endian bytes. The pickles are read from a size-capped head with the same restricted
+    unpickler as data.pkl; each storage's place is found by walking the counts, every one checked
+    against its declaration and the file's size before anything is allocated.
+    """
+
+    big_endian = False  # torch writes legacy storages little-endian on every host
+
+    def __init__(self, f: io.BufferedReader, size: int, path: str):
+        self.f, self.path, self.size = f, path, size
+        self.offsets: dict[str, int] = {}
+        self._obj: Any = None
+        head = io.BytesIO(f.read(min(size, PICKLE_LIMIT)))
+        unpickler = _Unpickler(head, legacy=True)
+        try:
+            magic = unpickler.load()
+            if magic != LEGACY_MAGIC:
+                raise FormatError(
+                    f"{path}: a pickle, not a torch.save file (no torch magic number); only torch.save state_dicts "
+                    "and safetensors are read"
+                )
+            version = unpickler.load()
+            if version != LEGACY_PROTOCOL:
+                raise FormatError(f"{path}: torch.save legacy protocol {version!r}, expected {LEGACY_PROTOCOL}")
+            unpickler.load()  # sys_info: endianness and C type sizes; storages are little-endian regardless
+            self._obj = unpickler.load()
+            keys = unpickler.load()
+        except FormatError:
+            raise
+        except Refused as e:
+            raise _refused(path, e) from None
+        except EOFError:
+            what = "is truncated" if size <= PICKLE_LIMIT else f"holds pickles over {PICKLE_LIMIT >> 20} MB"
+            raise FormatError(f"{path}: a legacy torch.save file that {what}; not a weights file") from None
+        except Exception as e:  # noqa: BLE001 - any failure of an untrusted pickle is a format error
+            raise FormatError(f"{path}: not a torch.save file ({type(e).__name__}: {e})") from None
+        if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)) or set(keys) != set(
+            unpickler.storages
+        ):
+            raise FormatError(f"{path}: its storage list does not match the storages its tensors use; damaged file")
+        self.storages = unpickler.storages
+        pos = head.tell()
+        for k in keys:
+            s = self.storages[k]
+            need = 8 + s.numel * _itemsize(s)
+            if pos + need > size:
+                raise FormatError(f"{path}: storage {k!r} ends past the end of the file; the file is truncated")
+            self.offsets[k] = pos
+            pos += need
+
+    def load(self) -> Any:
+        return self._obj
+
+    def storage_array(self, s: Storage) -> np.ndarray:
+        dt = s.stype.dtype
+        dtype = np.dtype("<u2" if dt == "bf16" else dt)
+        pos, need = self.offsets[s.key], s.numel * dtype.itemsize
+        try:
+            self.f.seek(pos)
+            count = int.from_bytes(self.f.read(8), "little")
+            buf = bytearray(need)
+            got = self.f.readinto(buf)
+        except OSError as e:
+            raise FormatError(f"{self.path}: storage {s.key!r} is unreadable ({e}); the file is damaged") from None
+        if count != s.numel or got != need:
+            raise FormatError(
+                f"{self.path}: storage {s.key!r} declares {s.numel} elements, the file holds {count}; damaged file"
+            )
+        return np.frombuffer(buf, dtype)
+
+    def close(self) -> None:
+        pass  # the caller owns the file
+
+
+def _itemsize(s: Storage) -> int:
+    return 2 if s.stype.dtype == "bf16" else np.dtype(s.stype.dtype).itemsize
+
+
+def _refused(path: str, e: Refused) -> FormatError:
+    return FormatError(
+        f"{path}: its pickle calls {e}, which a weights-only state_dict never needs: refused, nothing "
+        "was run; if you trust the file, re-save only the weights with torch: "
+        "torch.save(model.state_dict(), 'weights.pth')"
+    )
+
+
+def materialise(arc: TorchArchive | LegacyArchive, t: TensorRef, key: str, cache: dict[str, np.ndarray]) -> np.ndarray:
     """The tensor as a C-contiguous numpy array in native byte order (bfloat16 -> float32)."""
     s = t.storage
     if t.metadata:

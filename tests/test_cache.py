@@ -185,10 +185,11 @@ def _files(folder: Path) -> list[str]:
 def test_packaged_manifest():
     m = manifest.load(None) if not os.environ.get("SENET_HUB_MANIFEST") else None
     models = manifest.list_models()
-    assert m is not None and len(models) == 12
+    assert m is not None and len(models) == 12 + 27  # the Caffe release, MindCV, the weights timm serves
     assert manifest.get("se_resnet50")["id"] == "SE-ResNet-50"
     assert manifest.get("legacy_seresnext50_32x4d")["id"] == "SE-ResNeXt-50"
     assert manifest.get("SERESNET50")["id"] == "seresnet50"  # MindCV's, not the Caffe one
+    assert manifest.get("seresnet50.A1_in1k")["id"] == "seresnet50.a1_in1k"  # timm's, by its timm name
     assert manifest.get("SENet-154")["input_convention"]["channel_order"] == "BGR"  # YAML alias resolved
     assert manifest.published_accuracy(manifest.get("SE-ResNet-50")) == {"top1": 77.63, "top5": 93.64}
     with pytest.raises(SenetHubError, match="unknown model 'seresnet51'; did you mean seresnet50"):

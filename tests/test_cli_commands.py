@@ -12,13 +12,15 @@ from senet_hub.cli import main
 from senet_hub.errors import MissingFrameworkError, ParityError
 
 
-def test_list_has_the_12_released_models():
+def test_list_has_the_released_models():
     r = CliRunner().invoke(main, ["list", "--json"])
     assert r.exit_code == 0, r.output
     rows = json.loads(r.output)
-    assert len(rows) == 12
+    assert len(rows) == 12 + 27  # the Caffe release and MindCV's, then the weights timm serves
     ids = {row["id"] for row in rows}
-    assert {"SE-ResNet-50", "SENet-154", "seresnet18", "seresnext50_32x4d"} <= ids
+    assert {"SE-ResNet-50", "SENet-154", "seresnet18", "seresnext50_32x4d", "seresnet152d.ra2_in1k"} <= ids
+    timm_row = next(row for row in rows if row["id"] == "legacy_senet154.in1k")
+    assert timm_row["source_format"] == "pytorch" and timm_row["top1"] == 81.32
     r50 = next(row for row in rows if row["id"] == "SE-ResNet-50")
     assert r50["top1"] == 77.63 and r50["source_format"] == "caffe" and r50["params"] == 28088024
 

@@ -62,10 +62,11 @@ def cache_ls(model: str | None, as_json: bool) -> None:
         return
     click.echo(f"cache: {c.cache_dir()}")
     partial: set[str] = set()
+    w = max([20, *(len(r["model"]) for r in rows)])
     for r in rows:
         state = "cached" if r["cached"] else "-"
         click.echo(
-            f"{r['model']:<20} {r['role']:<11} {state:<7} {human(r['bytes']):>9}  {r['checksum']:<14} {r['file']}"
+            f"{r['model']:<{w}} {r['role']:<11} {state:<7} {human(r['bytes']):>9}  {r['checksum']:<14} {r['file']}"
         )
         partial.update(r["partial_downloads"])
     if partial:
@@ -89,8 +90,9 @@ def cache_verify(model: str | None, as_json: bool) -> None:
     else:
         if not rows:
             click.echo(f"nothing cached in {c.cache_dir()}" + (f" for {model}" if model else ""))
+        w = max([20, *(len(r["model"]) for r in rows)])
         for r in rows:
-            click.echo(f"{r['model']:<20} {r['role']:<11} {r['status']:<9} {r.get('sha256') or r.get('error', '')}")
+            click.echo(f"{r['model']:<{w}} {r['role']:<11} {r['status']:<9} {r.get('sha256') or r.get('error', '')}")
     if bad:
         first = bad[0].get("error", "")
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""

@@ -36,10 +36,11 @@ def list_cmd(as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
-    click.echo(f"{'model':<20} {'source':<10} {'params':>8} {'size':>8} {'top-1':>6} {'top-5':>6}  cached")
+    w = max([20, *(len(r["id"]) for r in rows)])  # timm's ids run to 42 characters
+    click.echo(f"{'model':<{w}} {'source':<10} {'params':>8} {'size':>8} {'top-1':>6} {'top-5':>6}  cached")
     for r in rows:
         click.echo(
-            f"{r['id']:<20} {r['source_format']:<10} {(r['params'] or 0) / 1e6:7.2f}M {r['size_mb']:6.0f}MB "
+            f"{r['id']:<{w}} {r['source_format']:<10} {(r['params'] or 0) / 1e6:7.2f}M {r['size_mb']:6.0f}MB "
             f"{r['top1']:6.2f} {r['top5']:6.2f}  {'yes' if r['cached'] else 'no'}"
         )
     click.echo("top-1/top-5: published ImageNet-1k val accuracy in % (the Caffe release's error figures converted)")

@@ -38,6 +38,8 @@ def load_source(
         model = model_from_cache(model_id, offline=offline)
     else:
         model = load_model(source, **options)
+    for note in model.meta.pop("reader_notes", None) or []:  # an assumption the reader made, said once
+        say(f"note: {note}")
     if input_convention != "source":
         model = transforms.set_input_convention(model, input_convention)
     if class_order != "source":

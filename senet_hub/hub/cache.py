@@ -135,12 +135,15 @@ def _fetch_one(
         if log:
             log(f"downloading {mid} {role}{size} from {url}")
 
-        def check(digest: str, url: str = url) -> None:
-            full = (spec.get("sha256") or "").lower()
+        stated: list[str | None] = [None]  # filled in the try below: asking the server can fail like a download
+
+        def check(digest: str, url: str = url, stated: list[str | None] = stated) -> None:
+            full = (spec.get("sha256") or stated[0] or "").lower()
             prefix = (spec.get("sha256_prefix") or "").lower()
             if full and digest != full:
+                whose = "" if spec.get("sha256") else " (the sha256 the server states for it)"
                 raise ChecksumError(
-                    f"{url}: downloaded {mid} {role} has sha256 {digest}, expected {full}; nothing was saved; "
+                    f"{url}: downloaded {mid} {role} has sha256 {digest}, expected {full}{whose}; nothing was saved; "
                     f"retry `senet-hub download {mid}` (if it persists, the server serves another file)"
                 )
             if prefix and not digest.startswith(prefix):
@@ -150,7 +153,13 @@ def _fetch_one(
                 )
 
         try:
+            stated[0] = _stated_sha256(spec, url, timeout, log)
+            if stated[0] is None and spec.get("sha256_from"):
+                raise _NoStatement()
             digest = download_to(url, dest, check=check, progress=progress, timeout=timeout)
+        except _NoStatement:
+            failures.append(f"{url}: states no sha256 for the file (no X-Linked-Etag)")
+            continue
         except ChecksumError as e:
             checksum_errors.append(e)
             failures.append(f"{url}: checksum mismatch")
@@ -164,7 +173,9 @@ def _fetch_one(
             continue
         if not spec.get("sha256"):
             write_sidecar(dest, digest)
-            if log and not spec.get("sha256_prefix"):
+            if log and spec.get("sha256_from"):
+                log(f"{mid} {role}: matches the sha256 its server states; recorded in {sidecar_path(dest)}")
+            elif log and not spec.get("sha256_prefix"):
                 log(
                     f"{mid} {role}: no checksum was published for this file; recorded its sha256 {digest} in "
                     f"{sidecar_path(dest)} and every later use is checked against it"
@@ -178,6 +189,27 @@ def _fetch_one(
         f"{dest}: could not download {mid} {role}: {'; '.join(failures)}; check the network, or "
         + _manual_hint(entry, role, spec, dest, [], manual or auto)
     )
+
+
+class _NoStatement(Exception):
+    """A server that should state a file's sha256 (sha256_from) did not: the download is not made."""
+
+
+def _stated_sha256(spec: dict, url: str, timeout: float, log: Log | None) -> str | None:
+    """The sha256 the server states for `url` when the manifest says to ask (sha256_from), else None.
+
+    A server that states none is skipped (the next URL is tried): downloading a file nobody vouches
+    for when its publisher does vouch for it elsewhere would make the check weaker than the manifest
+    promises. A mirror holding exactly the file can be given as an entry with a sha256 instead."""
+    if spec.get("sha256") or spec.get("sha256_from") != "x-linked-etag":
+        return None
+    from .download import hub_sha256
+
+    digest, size = hub_sha256(url, timeout)
+    if digest and log:
+        what = f", {size / 1e6:.1f} MB" if size else ""
+        log(f"{url}: the server states sha256 {digest}{what}")
+    return digest
 
 
 def _check_space(dest: Path, spec: dict) -> None:
@@ -336,6 +368,20 @@ def model_from_cache(model_id: str, offline: bool | None = None, progress: bool 
     values["arch"] = entry["architecture"]
     model = load_model(fmt, **values)
     meta = model.meta
+    meta.pop("reader_notes", None)  # what a reader assumed is what this manifest entry states
+    if entry.get("timm"):  # timm's weights: that tag's preprocessing (input size, crop_pct), not the default tag's
+        from .. import zoo
+
+        t = entry["timm"]
+        head = meta.get("num_classes")
+        meta.update({k: v for k, v in zoo.timm_meta(t["model"], t["tag"], head).items() if k != "arch"})
+        size = int(meta["input_convention"]["size"])
+        if int(model.graph.input_shape[-1]) != size:  # e.g. seresnet50.a3_in1k runs at 160: the same nodes
+            from ..graph import validate
+
+            model.graph = zoo.expand(model.arch, head, size)
+            meta["input_size"] = size
+            validate(model)
     meta.setdefault("input_convention", dict(entry["input_convention"]))
     if meta.get("class_order") in (None, "unknown"):
         meta["class_order"] = entry["class_order"]

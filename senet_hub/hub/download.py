@@ -261,6 +261,30 @@ class ConfirmingDownloader:
         raise DownloadError(f"{url}: more than {MAX_CONFIRM_HOPS} confirmation pages; download the file by hand")
 
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def hub_sha256(url: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[str | None, int | None]:
+    """(sha256, size) the Hugging Face Hub states for a file, or None for what it does not state.
+
+    A Hub ``resolve`` URL of an LFS file answers a HEAD request (redirects not followed) with
+    ``X-Linked-Etag`` = the LFS object id, which is the file's sha256, and ``X-Linked-Size``: the
+    statement huggingface_hub checks its downloads against. A mirror that does not send them gets
+    (None, None). Network failures raise DownloadError.
+    """
+    import requests
+
+    try:
+        r = requests.head(url, allow_redirects=False, timeout=timeout, headers={"Accept-Encoding": "identity"})
+    except requests.exceptions.RequestException as e:
+        raise DownloadError(f"{url}: {_reason(e)}") from None
+    if r.status_code >= 400:
+        raise DownloadError(f"{url}: HTTP {r.status_code} {r.reason or ''}".strip())
+    etag = (r.headers.get("X-Linked-Etag") or "").strip().removeprefix("W/").strip('"').lower()
+    size = (r.headers.get("X-Linked-Size") or "").strip()
+    return (etag if _HEX64.fullmatch(etag) else None, int(size) if size.isdigit() else None)
+
+
 def _reason(e: BaseException) -> str:
     import requests
 

@@ -9,8 +9,9 @@ Data layouts:
   (e.g. ``ILSVRC2017_val_senet_order.txt``, labels in the SENet order).
 
 Preprocessing follows the model's input convention (from the manifest): resize the shorter side
-to 256 with PIL's bilinear filter (the long side is ``int(256 * long / short)``, as torchvision
-computes it), centre-crop 224 (offsets rounded like torchvision), then channel order RGB or BGR,
+(256 for the Caffe and MindCV models; timm's floor(size / crop_pct)) with PIL's bilinear filter, or
+bicubic where timm's pretrained_cfg says so (the long side is ``int(short * long / short_side)``, as
+torchvision computes it), centre-crop the input size (offsets rounded like torchvision), then channel order RGB or BGR,
 scale 0..255 to the convention's range, subtract the mean and divide by the std per channel.
 
 When the label order differs from the model's class order (SENet's ILSVRC2017 devkit order vs
@@ -135,9 +136,17 @@ def resize_size(convention: dict) -> int:
     return int(round(int(convention.get("size", 224)) / 0.875))
 
 
+def _filter(convention: dict) -> Any:
+    """PIL's resampling filter: bicubic where the convention names it (timm's `interpolation`, or the
+    '(bicubic)' of its resize text), else bilinear (the Caffe and MindCV models)."""
+    from PIL import Image
+
+    text = f"{convention.get('interpolation') or ''} {convention.get('resize') or ''}".lower()
+    return Image.Resampling.BICUBIC if "bicubic" in text else Image.Resampling.BILINEAR
+
+
 def preprocess(img: Any, convention: dict) -> np.ndarray:
     """PIL image -> float32 C x H x W in the model's input convention."""
-    from PIL import Image
 
     size = int(convention.get("size", 224))
     short = resize_size(convention)
@@ -148,7 +157,7 @@ def preprocess(img: Any, convention: dict) -> np.ndarray:
     else:
         nw, nh = int(short * w / h), short
     if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+        img = img.resize((nw, nh), _filter(convention))
     if nw < size or nh < size:
         raise InputFileError(f"image of {w}x{h} is too small for a {size} crop after resizing to {nw}x{nh}")
     left = int(round((nw - size) / 2.0))

@@ -3,6 +3,8 @@
 * ``sha256`` in the manifest: the file must match it;
 * ``sha256_prefix`` only (MindCV, the torch.hub convention): the file's sha256 must start with it;
   the full hash is then recorded in the sidecar and later uses must match that too;
+* ``sha256_from: x-linked-etag`` (files on the Hugging Face Hub): the download must match the sha256
+  the Hub states for it (hub.download.hub_sha256); that hash is recorded like a first download's;
 * neither (the Caffe release published none): the hash of the first download is recorded in
   ``<file>.sha256`` (said once on stderr) and every later use is checked against it.
 
@@ -78,6 +80,8 @@ def checksum_kind(spec: dict) -> str:
         return "sha256"
     if spec.get("sha256_prefix"):
         return "sha256-prefix"
+    if spec.get("sha256_from"):
+        return "hub-sha256"  # checked against the sha256 the server states at download, then recorded
     return "first-download"
 
 

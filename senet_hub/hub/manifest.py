@@ -25,7 +25,7 @@ from ..errors import FormatError, InputFileError, SenetHubError
 
 SCHEMA_VERSION = 1
 ENV_MANIFEST = "SENET_HUB_MANIFEST"
-MAX_BYTES = 256 << 10  # the shipped file is ~15 kB; PyYAML's pure-Python parser needs ~5 s per MB
+MAX_BYTES = 256 << 10  # the shipped file is ~45 kB; PyYAML's pure-Python parser needs ~5 s per MB
 MAX_DEPTH = 32
 MAX_ALIASES = 1000
 MAX_NODES = 200_000  # YAML nodes after expanding aliases
@@ -42,6 +42,9 @@ REQUIRED_MODEL_KEYS = (
     "origin",
 )
 CLASS_ORDERS = ("senet", "ilsvrc2012")
+# where a file's sha256 comes from when the manifest cannot state it: "x-linked-etag", the Hugging Face
+# Hub's statement of an LFS file's sha256 (hub.download.hub_sha256)
+SHA256_FROM = ("x-linked-etag",)
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEXPREFIX = re.compile(r"^[0-9a-f]{8,63}$")
@@ -259,6 +262,9 @@ def _check_file(path: str, mid: str, role: str, f: Any) -> None:
     pre = f.get("sha256_prefix")
     if pre is not None and not (isinstance(pre, str) and _HEXPREFIX.match(pre.lower())):
         raise _fail(path, where, f"'sha256_prefix' must be 8 to 63 hex digits or null, got {pre!r}")
+    src = f.get("sha256_from")
+    if src is not None and src not in SHA256_FROM:
+        raise _fail(path, where, f"'sha256_from' must be one of {', '.join(SHA256_FROM)} or absent, got {src!r}")
     if sha and pre and not sha.lower().startswith(pre.lower()):
         raise _fail(path, where, "'sha256' does not start with 'sha256_prefix'")
     size = f.get("size_mb")
@@ -335,6 +341,11 @@ def validate(data: Any, path: str) -> dict:
             if not _is_num(pub.get(key)):
                 raise _fail(path, f"model '{mid}' published", f"'{key}' must be a number")
         _check_convention(path, mid, m["input_convention"])
+        t = m.get("timm")
+        if t is not None and not (
+            isinstance(t, dict) and isinstance(t.get("model"), str) and isinstance(t.get("tag"), str)
+        ):
+            raise _fail(path, f"model '{mid}'", "'timm' must be a mapping with 'model' and 'tag' (timm's names)")
         aliases = m.get("aliases")
         if aliases is not None and not (isinstance(aliases, list) and all(isinstance(a, str) for a in aliases)):
             raise _fail(path, f"model '{mid}'", "'aliases' must be a list of names")
