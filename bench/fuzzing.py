@@ -1870,9 +1870,9 @@ def _register_pytorch(s: Setup) -> None:
 
 @target_family("chainer")
 def _register_chainer(s: Setup) -> None:
-    from senet_hub.builders.chainer import GRAPH_KEY, _graph_json
+    from senet_hub.builders.chainer import GRAPH_KEY
     from senet_hub.converters.chainer_npz import load
-    from senet_hub.graph import Graph, Node
+    from senet_hub.graph import Graph, Node, graph_to_json
 
     rng = np.random.default_rng(5)
     g = Graph([Node("conv", "conv", ["data"], {"out_channels": 4, "kernel": (3, 3), "bias": True}),
@@ -1883,7 +1883,7 @@ def _register_chainer(s: Setup) -> None:
               "bn/gamma": np.ones(4, np.float32), "conv/W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
               "conv/b": np.zeros(4, np.float32), "fc/W": rng.standard_normal((3, 4)).astype(np.float32),
               "fc/b": np.zeros(3, np.float32)}  # fmt: skip
-    with_graph = {**arrays, GRAPH_KEY: np.frombuffer(_graph_json(g, {"arch": "tiny"}).encode(), np.uint8)}
+    with_graph = {**arrays, GRAPH_KEY: np.frombuffer(graph_to_json(g, {"arch": "tiny"}).encode(), np.uint8)}
     mut = NpzMutator([with_graph, arrays], GRAPH_KEY, s.big)
     for j, data in enumerate(mut.seeds[:1]):
         p = os.path.join(s.workdir, f"seed{j}.npz")

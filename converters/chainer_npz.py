@@ -153,21 +153,15 @@ def _first_line(e: BaseException) -> str:
 
 
 def _stored_graph(npz: _Npz) -> tuple[Any, dict[str, Any]]:
-    from senet_hub.builders.chainer import GRAPH_KEY, _graph_from_json
+    from senet_hub.builders.chainer import GRAPH_KEY
+    from senet_hub.graph import read_graph
 
     raw = npz.array(GRAPH_KEY)
     if raw.dtype != np.uint8 or raw.ndim != 1:
         raise FormatError(f"{npz.path}: entry '{GRAPH_KEY}' is not UTF-8 JSON bytes; rewrite the file with senet-hub")
-    try:
-        graph, meta = _graph_from_json(raw.tobytes().decode("utf-8"))
-        if not isinstance(meta, dict):
-            raise TypeError("meta is not an object")
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
-        raise FormatError(
-            f"{npz.path}: entry '{GRAPH_KEY}' is not a senet-hub graph ({_first_line(e)}); rewrite the file with "
-            "senet-hub convert --to chainer"
-        ) from None
-    return graph, meta
+    return read_graph(
+        raw.tobytes(), f"{npz.path}: entry '{GRAPH_KEY}'", "rewrite the file with senet-hub convert --to chainer"
+    )
 
 
 @functools.lru_cache(maxsize=64)

@@ -7,30 +7,52 @@ The ``.params`` file is ``mx.nd.save``'s NDArray list, read here by hand (little
 flag, the raw data; then ``u64`` count of names, each ``u64`` length + bytes (``arg:``/``aux:``).
 Every count and length is checked against the bytes left before anything is allocated.
 
-The graph: parameter names are ``<node>_weight``/``_bias``/``_gamma``/``_beta``/``_moving_mean``/
-``_moving_var`` on canonical node names (builders.mxnet.param_name), so the architecture is the zoo
-one whose names and shapes the file has exactly (converters.recognize; the head width is the
-file's). Names and shapes do not tell apart architectures that differ only in pooling (MindCV's
-``seresnet50`` and timm's pad the stem max-pool differently): the symbol file decides, its
-convolution, pooling and batch-norm attributes (kernel, stride, pads, groups, ceil mode, eps) and
-its node names compared with each candidate's. The meta (input convention, class order) is the
-zoo's for that architecture: an MXNet prefix records none, which is exact for files senet-hub wrote
-from a zoo architecture's convention. A prefix written with an input stage (``<node>_scale``/
-``_shift``: a changed --input-convention) is refused: the files hold the stage's constants but not
-which convention they implement.
+senet-hub's record: ``builders.mxnet.save`` puts ``builders.mxnet.record(model)`` into the symbol, as the attribute
+``__senet_hub__`` of the input variable (MXNet keeps attributes named ``__x__`` through ``mx.sym.load``,
+``gluon.SymbolBlock.imports`` and ``mx.mod.Module``, and no operator reads this one). It is what
+``converters.pth.metadata_record`` records (arch, input convention, class order, input_fold, source
+hashes) plus the canonical graph and meta as builders.chainer's graph JSON (the one graph
+serialisation, shared with the Chainer ``.npz``, ``.pt2`` and ``.keras`` records). A symbol with the
+record is read exactly, for any graph: the graph and meta from the record, every weight from the
+params by the name builders.mxnet gives it (float32 bits unchanged). The files are cross-checked
+against the record, and any disagreement is a ModelError (exit 5, the record does not describe
+these files): the symbol must be what builders.mxnet makes of the graph (node names, output,
+convolution / pooling / batch-norm attributes: ``symbol_mismatches``), the params must hold exactly
+the graph's weights with its shapes, and an input stage's constants (``<node>_scale`` /
+``_shift``, 1 x C x 1 x 1) must equal the record's convention bit for bit. A damaged record is a
+FormatError (exit 4). ``load_prefix`` (the CLI) also takes the record from the ``-symbol.json``
+beside ``<prefix>-NNNN.params`` when ``--symbol`` is not given and that file carries one.
+
+Without a record (MXNet files written by someone else, or by senet-hub before the record): parameter
+names are ``<node>_weight``/``_bias``/``_gamma``/``_beta``/``_moving_mean``/``_moving_var`` on
+canonical node names (builders.mxnet.param_name), so the architecture is the zoo one whose names
+and shapes the file has exactly (converters.recognize; the head width is the file's). Names and
+shapes do not tell apart architectures that differ only in pooling (MindCV's ``seresnet50`` and
+timm's pad the stem max-pool differently): the symbol file decides, its convolution, pooling and
+batch-norm attributes (kernel, stride, pads, groups, ceil mode, eps) and its node names compared
+with each candidate's. The meta (input convention, class order) is then the zoo's for that
+architecture. A record-less prefix with an input stage (``<node>_scale``/``_shift``: a changed
+--input-convention) is refused (exit 6): its files hold the stage's constants but not which
+convention they implement.
+
+Why this module is long: the params reader, the symbol reader and the two ways of naming the graph
+(the record, recognition against the zoo) check each other; apart, each would need the others'
+tables to say why a file is refused.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from senet_hub.errors import FormatError, ModelError, UnsupportedError
+from senet_hub.builders.mxnet import RECORD_ATTR  # the writer's side names it; no MXNet is imported
+from senet_hub.errors import FormatError, InputFileError, ModelError, UnsupportedError
 
 LIST_MAGIC = 0x112
 ND_V2, ND_V3 = 0xF993FAC9, 0xF993FACA
@@ -38,6 +60,8 @@ DTYPES = {0: "<f4", 1: "<f8", 2: "<f2", 3: "u1", 4: "<i4", 5: "i1", 6: "<i8", 7:
 MAX_NDIM = 32
 SYMBOL_LIMIT = 64 << 20  # bytes: a SENet-154 symbol is ~1 MB
 PREFER = ("timm", "caffe", "mindcv")
+RECORD_FORMAT = "senet-hub"
+_PARAMS_NAME = re.compile(r"(.+)-\d+\.params")  # <prefix>-<epoch>.params, as mx.model.save_checkpoint names it
 
 
 class _Cursor:
@@ -159,6 +183,141 @@ def read_symbol(path: str | os.PathLike) -> dict[str, Any]:
     return table
 
 
+# ---------------------------------------------------------------------------------- record
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def symbol_record(sym: dict[str, Any], path: str) -> tuple[dict[str, Any], Any, dict[str, Any]] | None:
+    """(record, graph, meta) from a symbol table (read_symbol) that carries senet-hub's record;
+    None when it carries none. A damaged record is a FormatError."""
+    from senet_hub.graph import read_graph
+
+    holders = [k for k, (_, at) in sym.items() if k and RECORD_ATTR in at]
+    if not holders:
+        return None
+    fix = "write the prefix again with senet-hub convert --to mxnet"
+    if len(holders) > 1 or sym[holders[0]][0] != "null":
+        raise FormatError(
+            f"{path}: {RECORD_ATTR} is on {', '.join(holders[:3])}; senet-hub puts one record on the input "
+            f"variable: the symbol is damaged, {fix}"
+        )
+    where = f"{path}: the senet-hub record ({RECORD_ATTR} of '{holders[0]}')"
+    try:
+        doc = json.loads(sym[holders[0]][1][RECORD_ATTR])
+    except (ValueError, RecursionError) as e:
+        raise FormatError(f"{where} is damaged ({_first_line(e)}); {fix}") from None
+    if not isinstance(doc, dict) or doc.get("format") != RECORD_FORMAT:
+        raise FormatError(f"{where} is damaged (not a senet-hub record); {fix}")
+    graph, meta = read_graph(doc.get("graph"), f"{where}'s graph", fix)
+    if graph.input_name != holders[0]:
+        raise ModelError(
+            f"{path}: the senet-hub record's graph takes '{graph.input_name}' but sits on the variable "
+            f"'{holders[0]}': it does not describe this symbol; {fix}"
+        )
+    return doc, graph, meta
+
+
+def _stage_constants(graph: Any) -> dict[str, np.ndarray]:
+    """{saved name: array} of the input stages' constants, as builders.mxnet writes them (1 x C x 1 x 1)."""
+    from senet_hub.builders.mxnet import param_name
+
+    return {
+        f"arg:{param_name(n.name, n.op, p)}": np.asarray(n.attrs[p], np.float32).reshape(1, -1, 1, 1)
+        for n in graph.nodes
+        if n.op == "input_norm"
+        for p in ("scale", "shift")
+    }
+
+
+def _load_recorded(
+    spath: str,
+    ppath: str,
+    sym: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    found: tuple[dict[str, Any], Any, dict[str, Any]],
+    arch: str | None,
+) -> Any:
+    """The Model a prefix with senet-hub's record holds: graph and meta from the record, weights
+    from the params by name (bits unchanged), every part checked against the record."""
+    from senet_hub import zoo
+    from senet_hub.graph import Model, validate
+
+    from . import recognize
+
+    rec, graph, meta = found
+    recorded = rec.get("arch") or meta.get("arch")
+    if arch is not None and _arch_id(arch) != recorded:
+        raise ModelError(
+            f"{spath}: holds {recorded or 'a custom graph'}, not {arch} (its graph is recorded in the symbol); "
+            "leave out --arch"
+        )
+    what = recorded or "the recorded graph"
+    try:
+        shapes = zoo.graph_param_shapes(graph)
+        expected = {k: tuple(shapes[key]) for k, (key, _) in expected_names(graph).items()}
+        stage = _stage_constants(graph)
+        problems = symbol_mismatches(graph, sym)
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, ModelError) as e:  # a hand-edited record
+        raise ModelError(f"{spath}: the graph in the senet-hub record is inconsistent: {_first_line(e)}") from None
+    if problems:
+        raise ModelError(
+            f"{spath}: the symbol is not the graph its senet-hub record describes ({what}): "
+            f"{recognize.summary(problems, 2)}; write the prefix again with senet-hub convert --to mxnet"
+        )
+    got = {k: tuple(v.shape) for k, v in arrays.items()}
+    problems = recognize.mismatches(got, {**expected, **{k: v.shape for k, v in stage.items()}})
+    if problems:
+        raise ModelError(
+            f"{ppath}: not the params of the model recorded in {os.path.basename(spath)} ({what}): "
+            f"{len(problems)} mismatches, first: {recognize.summary(problems, 2)}; pass the params written "
+            "with this symbol"
+        )
+    for k, want in stage.items():
+        # the constants are the convention's, float32-rounded by the writer: bit-equal or not this model's
+        if arrays[k].dtype != np.float32 or not np.array_equal(arrays[k].view(np.uint32), want.view(np.uint32)):
+            raise ModelError(
+                f"{ppath}: {k} is not the input stage recorded in {os.path.basename(spath)} "
+                f"(convention {meta.get('input_convention') or rec.get('input_convention')}); pass the params "
+                "written with this symbol"
+            )
+    weights = _weights(ppath, arrays, graph)
+    # the stored meta minus where it came from before (this prefix is the source now); the record's
+    # fields are what senet-hub vouches for in every file it writes
+    meta = {k: v for k, v in meta.items() if not k.startswith("source_")}
+    for k in ("arch", "input_convention", "class_order", "input_fold"):
+        if rec.get(k) is not None:
+            meta[k] = rec[k]
+    files = {"params": ppath, "symbol": spath}
+    meta.update(
+        source_format="mxnet",
+        source_container="prefix (senet-hub record)",
+        source_files={k: os.path.basename(p) for k, p in files.items()},
+        source_paths={k: os.path.abspath(p) for k, p in files.items()},
+        mxnet={"written_by": f"senet-hub {rec.get('version')}"},
+    )
+    model = Model(graph, weights, meta)
+    try:
+        validate(model)
+    except ModelError as e:
+        raise ModelError(f"{spath}: {e}") from None
+    return model
+
+
+def _weights(ppath: str, arrays: dict[str, np.ndarray], graph: Any) -> dict[str, np.ndarray]:
+    """{canonical key: float32 array} of the graph's parameters from the params' arrays."""
+    weights: dict[str, np.ndarray] = {}
+    for k, (key, _) in expected_names(graph).items():
+        arr = arrays[k]
+        if arr.dtype.kind != "f":
+            raise ModelError(f"{ppath}: {k} has dtype {arr.dtype}, expected a floating-point array")
+        weights[key] = arr.astype(np.float32, copy=False)
+    return weights
+
+
 # ---------------------------------------------------------------------------------- architecture
 
 
@@ -203,7 +362,8 @@ def symbol_mismatches(graph: Any, sym: dict[str, Any]) -> list[str]:
     out: list[str] = []
     names = {n.name for n in graph.nodes}
     ops = {k: v for k, v in sym.items() if k and v[0] != "null"}
-    mine = {k for k in ops if "/" not in k or k.split("/")[0] not in names}
+    # a helper is ``<node>/<what>`` (``what`` has no "/"); canonical names may hold "/" themselves
+    mine = {k for k in ops if k in names or k.rsplit("/", 1)[0] not in names}
     for k in sorted(mine - names)[:3]:
         out.append(f"symbol node {k} is no node of the graph")
     for k in sorted(names - mine)[:3]:
@@ -280,7 +440,8 @@ def _arch_id(name: str) -> str:
 
 
 def load(symbol: str | os.PathLike | None, params: str | os.PathLike, arch: str | None = None) -> Any:
-    """Read an MXNet prefix (symbol JSON + params) into a validated canonical Model of a zoo architecture."""
+    """Read an MXNet prefix (symbol JSON + params) into a validated canonical Model: exactly from
+    senet-hub's record when the symbol carries one, else as the zoo architecture the files fit."""
     from senet_hub import zoo
     from senet_hub.graph import Model, validate
 
@@ -288,15 +449,20 @@ def load(symbol: str | os.PathLike | None, params: str | os.PathLike, arch: str 
 
     ppath = os.fspath(params)
     arrays = read_params(ppath)
+    sym = read_symbol(symbol) if symbol else None
+    if symbol and sym is not None:
+        found = symbol_record(sym, os.fspath(symbol))
+        if found is not None:
+            return _load_recorded(os.fspath(symbol), ppath, sym, arrays, found, arch)
     stage = sorted(k for k in arrays if k.endswith("_scale") and k[: -len("_scale")] + "_shift" in arrays)
     if stage:
+        where = "its symbol has no senet-hub record" if symbol else "no --symbol was given"
         raise UnsupportedError(
-            f"{ppath}: holds an input stage ({stage[0]}); MXNet files do not record which input convention it "
-            "implements, so it cannot be read back exactly: convert from the original source, or write MXNet "
-            "without --input-convention"
+            f"{ppath}: holds an input stage ({stage[0]}) and {where}, so which input convention it implements "
+            "is unknown: pass the -symbol.json senet-hub wrote with it (--symbol), convert from the original "
+            "source, or write MXNet without --input-convention"
         )
     got = {k: tuple(v.shape) for k, v in arrays.items()}
-    sym = read_symbol(symbol) if symbol else None
     archs = [_arch_id(arch)] if arch else zoo.list_archs()
     scored, graphs = _candidates(got, archs, ppath)
     fits = [a for a, m in scored if not m]
@@ -325,13 +491,7 @@ def load(symbol: str | os.PathLike | None, params: str | os.PathLike, arch: str 
         fits = [best]
     chosen = fits[0]
     graph = graphs[chosen]
-    names = expected_names(graph)
-    weights: dict[str, np.ndarray] = {}
-    for k, (key, _) in names.items():
-        arr = arrays[k]
-        if arr.dtype.kind != "f":
-            raise ModelError(f"{ppath}: {k} has dtype {arr.dtype}, expected a floating-point array")
-        weights[key] = arr.astype(np.float32, copy=False)
+    weights = _weights(ppath, arrays, graph)
     linears = [n for n in graph.nodes if n.op == "linear"]
     ncls = int(linears[-1].attrs["out_features"]) if linears else None
     files = {"params": os.path.basename(ppath)}
@@ -349,6 +509,22 @@ def load(symbol: str | os.PathLike | None, params: str | os.PathLike, arch: str 
     return model
 
 
+def sibling_symbol(params: str | os.PathLike) -> str | None:
+    """``<prefix>-symbol.json`` beside ``<prefix>-NNNN.params`` when it exists and carries senet-hub's
+    record (mx.model.load_checkpoint's pairing); None otherwise, a symbol that is no readable MXNet
+    symbol included (the params alone are then read, as without the record)."""
+    m = _PARAMS_NAME.fullmatch(os.fspath(params))
+    path = f"{m.group(1)}-symbol.json" if m else None
+    if path is None or not os.path.isfile(path):
+        return None
+    try:
+        sym = read_symbol(path)
+    except (FormatError, InputFileError):
+        return None
+    return path if any(RECORD_ATTR in at for k, (_, at) in sym.items() if k) else None
+
+
 def load_prefix(params: str | os.PathLike, symbol: str | os.PathLike | None = None, arch: str | None = None) -> Any:
-    """The CLI's reader (``--params``, ``--symbol``, ``--arch``, in formats.py's option order)."""
-    return load(symbol, params, arch)
+    """The CLI's reader (``--params``, ``--symbol``, ``--arch``, in formats.py's option order); without
+    ``--symbol``, the ``-symbol.json`` beside the params is used when it carries senet-hub's record."""
+    return load(symbol if symbol else sibling_symbol(params), params, arch)

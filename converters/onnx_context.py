@@ -106,6 +106,9 @@ class Context:
             self.consumers[o.name] += 1
             self.consumer_ops.setdefault(o.name, []).append("<output>")
         self.skip: set[int] = set()  # indices of ONNX nodes a pattern has consumed already
+        # first output of a node that reads the graph input's values -> why it is not part of the
+        # input stage (onnx_prefix); said in that node's error, where "Sub is unsupported" alone puzzles
+        self.prefix_why: dict[str, str] = {}
         paths = [module_path(n.name) for n in self.g.node]
         self.scopes = Counter(p for p in paths if p)
         self.parents = {p[:i] for p in self.scopes for i, ch in enumerate(p) if ch == "."}
@@ -117,6 +120,9 @@ class Context:
 
     # -- errors
     def err(self, node: Any, msg: str, cls: type[SenetHubError] = UnsupportedError) -> SenetHubError:
+        why = self.prefix_why.get(node.output[0]) if node.output else None
+        if why and cls is UnsupportedError:
+            msg = f"{msg} (not read as part of an input stage: {why})"
         return node_error(self.path, node, msg, cls)
 
     def need_size(self, node: Any, why: str) -> InputShapeNeeded:

@@ -18,8 +18,9 @@ ONNX op -> canonical op:
   its Add one axpy (``onnx_patterns``); Add of two tensors of one shape -> add;
   ``org.senet-hub::Axpy`` -> axpy;
 - Gemm (transA 0) and MatMul [+ Add of a constant bias] on a 2-D input -> linear;
-- Gather on a run-time tensor: refused (only the input stage's channel permutation, which
-  ``onnx_patterns.input_stage`` takes before the pass, is canonical).
+- Gather, and Sub / Div / Mul / Add by a constant, on a run-time tensor: refused, except in a
+  constant per-channel prefix on the graph input, which ``onnx_prefix.input_stage`` takes as one
+  input_norm before the pass.
 """
 
 from __future__ import annotations
@@ -274,7 +275,7 @@ def _mul(ctx: Context, n: Any, at: dict[str, Any]) -> None:
     if any(i in ctx.consts for i in n.input):
         raise ctx.err(
             n, "multiplies by a constant; the canonical ops scale only by a computed per-channel gate "
-            "(or, on the graph input, an input stage Gather -> Mul -> Add)",
+            "(or, on the graph input, by a constant per-channel input stage)",
         )  # fmt: skip
     a, b = (ctx.tensor(n, i) for i in n.input[:2])
     pair = gate_pair(a, b)
@@ -298,7 +299,8 @@ def _add(ctx: Context, n: Any, at: dict[str, Any]) -> None:
         raise ctx.err(n, "needs two inputs", FormatError)
     if any(i in ctx.consts for i in n.input):
         raise ctx.err(
-            n, "adds a constant; only a bias after MatMul or an input stage (on the graph input) is canonical"
+            n,
+            "adds a constant; only a bias after MatMul or a per-channel input stage (on the graph input) is canonical",
         )
     if fuse_axpy(ctx, n):
         return

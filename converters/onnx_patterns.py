@@ -4,8 +4,7 @@
 - an SE block's ``gate * x + shortcut`` (Mul by an N x C [x 1 x 1] gate whose only consumer is an
   Add with a tensor of x's shape) -> one axpy, so a Caffe export gets Axpy layers again;
 - torch's Linear as ``MatMul`` + ``Add`` of a constant vector -> one linear with a bias;
-- ``Gather`` (axis 1, a channel permutation) -> ``Mul`` -> ``Add`` of per-channel constants
-  straight on the graph input (what senet-hub writes for an input stage) -> input_norm;
+- (a constant per-channel prefix on the graph input -> input_norm is ``onnx_prefix``);
 - a recognised zoo architecture renamed to canonical names (``recognise``).
 """
 
@@ -19,7 +18,7 @@ import numpy as np
 from senet_hub.errors import SenetHubError
 from senet_hub.graph import Model, infer_shapes, rename, structure
 
-from .onnx_context import Context, Pending, Tensor, node_attrs
+from .onnx_context import Context, Pending, Tensor
 
 # ------------------------------------------------------------------------- SE gate -> axpy
 
@@ -85,55 +84,6 @@ def matmul_bias(ctx: Context, n: Any, out_features: int) -> tuple[np.ndarray | N
             ctx.skip.add(users[0])
             return bias, add.output[0], f"{n.name} + {add.name}"
     return None, n.output[0], n.name
-
-
-# ------------------------------------------------------------------------------ input stage
-
-
-def input_stage(ctx: Context) -> None:
-    """Gather(axis 1) -> Mul -> Add of per-channel constants on the graph input: one input_norm."""
-    c = ctx.input_shape[1]
-    cur, perm = ctx.input_name, list(range(c))
-    scale, shift = np.ones(c), np.zeros(c)
-    taken: list[int] = []
-    stage = 0  # 0: nothing yet, 1: gathered, 2: scaled, 3: shifted
-    by_input: dict[str, list[int]] = {}
-    for i, n in enumerate(ctx.g.node):
-        for v in n.input:
-            by_input.setdefault(v, []).append(i)
-    while ctx.consumers[cur] == 1 and cur in by_input and stage < 3:
-        i = by_input[cur][0]
-        n = ctx.g.node[i]
-        other = [v for v in n.input if v != cur]
-        const = ctx.consts.get(other[0]) if len(other) == 1 else None
-        at = node_attrs(n)
-        if n.op_type == "Gather" and stage < 1 and n.input[0] == cur and const is not None:
-            idx = np.asarray(const).ravel()
-            if int(at.get("axis", 0)) != 1 or idx.shape != (c,) or not np.issubdtype(idx.dtype, np.integer):
-                break
-            if sorted(int(v) % c for v in idx) != list(range(c)):
-                break
-            perm, stage = [int(v) % c for v in idx], 1
-        elif n.op_type in ("Mul", "Add") and const is not None and stage < (2 if n.op_type == "Mul" else 3):
-            k = np.asarray(const, np.float64)
-            if k.size != c or k.shape not in ((c,), (c, 1, 1), (1, c, 1, 1)) or k.shape == (c,) and c != 1:
-                break
-            if n.op_type == "Mul":
-                scale, stage = k.ravel(), 2
-            else:
-                shift, stage = k.ravel(), 3
-        else:
-            break
-        taken.append(i)
-        cur = n.output[0]
-    if not taken:
-        return
-    for i in taken:
-        ctx.skip.add(i)
-    last = ctx.g.node[taken[-1]]
-    attrs = {"perm": perm, "scale": [float(v) for v in scale], "shift": [float(v) for v in shift]}
-    out = ctx.emit("input_norm", [ctx.input_name], attrs, last.output[0], last.name)
-    ctx.values[last.output[0]] = Tensor(out, ctx.input_shape, ctx.dynamic_hw)
 
 
 # ------------------------------------------------------------------------------- recognition

@@ -13,8 +13,11 @@ runs one pass over the nodes in order and builds the Model and its meta. The pas
   arithmetic folded away, dynamic dims kept symbolic;
 - ``onnx_context``: the pass's state (values, emitted nodes and weights, canonical naming);
 - ``onnx_ops``: one handler per ONNX op type, onto canonical ops (the mapping is listed there);
+- ``onnx_prefix``: before the pass, a constant per-channel prefix on the graph input (a model
+  exported with its preprocessing: ``(x - mean) / std``, ``x / 255``, a BGR <-> RGB swap) -> one
+  input_norm, and the input convention it implements (``meta.input_convention``);
 - ``onnx_patterns``: what several nodes make together (an SE block's gate Mul + Add -> axpy,
-  MatMul + Add -> linear, an input stage -> input_norm) and recognition of a zoo architecture.
+  MatMul + Add -> linear) and recognition of a zoo architecture.
 
 torch.onnx.export in eval mode folds BatchNormalization into the convolutions (conv with bias,
 no batch_norm): that is still a canonical graph, just not the zoo's (meta says so:
@@ -44,7 +47,8 @@ from senet_hub.graph import Graph, Model, Node, validate
 from .onnx_context import AXPY_DOMAIN, DEFAULT_SIZE, Context, InputShapeNeeded, Pending, node_attrs
 from .onnx_fold import FOLDABLE, constant_value, fold, load_external, shape_value
 from .onnx_ops import LAYER_OPS, handler_for
-from .onnx_patterns import input_stage, recognise
+from .onnx_patterns import recognise
+from .onnx_prefix import PREFIX_OPS, input_stage, stage_convention
 from .wire import check_unchanged, open_regular
 
 __all__ = ["InputShapeNeeded", "load", "parse_input_shape", "recognise"]
@@ -145,10 +149,13 @@ def _check_text(msg: Any, path: str, plans: dict[str, tuple[list[str], list[str]
 # ----------------------------------------------------------------------------------- the pass
 
 
-def _check_ops(g: Any, path: str) -> None:
-    """Every op outside the vocabulary, at once (UnsupportedError, one line)."""
+def _check_ops(g: Any, path: str, taken: set[int] | frozenset[int] = frozenset()) -> None:
+    """Every op outside the vocabulary, at once (UnsupportedError, one line); the nodes an input
+    stage took (`taken`) are read already (a Split there is fine)."""
     bad: dict[str, list[str]] = {}
-    for n in g.node:
+    for i, n in enumerate(g.node):
+        if i in taken:
+            continue
         if n.domain in ("", "ai.onnx"):
             ok = n.op_type in LAYER_OPS or n.op_type in FOLDABLE
         else:
@@ -165,7 +172,8 @@ def _check_ops(g: Any, path: str) -> None:
         raise UnsupportedError(
             f"{path}: {total} node{'s' if total > 1 else ''} of {len(bad)} op type{'s' if len(bad) > 1 else ''} "
             f"outside senet-hub's vocabulary: {'; '.join(parts)}; supported: {', '.join(LAYER_OPS)}, "
-            f"{AXPY_DOMAIN}::Axpy, and constant shape arithmetic ({', '.join(FOLDABLE)})"
+            f"{AXPY_DOMAIN}::Axpy, constant shape arithmetic ({', '.join(FOLDABLE)}), and on the graph input a "
+            f"constant per-channel input stage ({', '.join(PREFIX_OPS)})"
         )
 
 
@@ -257,12 +265,16 @@ def _finish(ctx: Context) -> tuple[Graph, bool]:
 
 
 def _read_graph(proto: Any, path: str, req: tuple[int, int, int, int] | None) -> tuple[Context, Graph, bool]:
-    """The pass: ops checked, constants and the input read, the input stage taken, every node in order."""
-    _check_ops(proto.graph, path)
+    """The pass: constants and the input read, the input stage taken, ops checked, every node in order."""
     ctx = Context(proto, path, req)
-    ctx.read_constants()
-    ctx.read_input()
-    input_stage(ctx)
+    try:
+        ctx.read_constants()
+        ctx.read_input()
+        input_stage(ctx)
+    except SenetHubError:
+        _check_ops(proto.graph, path)  # ops outside the vocabulary are said first, as they always were
+        raise
+    _check_ops(proto.graph, path, ctx.skip)
     for i, n in enumerate(ctx.g.node):
         if i not in ctx.skip:
             _node(ctx, n)
@@ -352,6 +364,13 @@ def load(onnx: str | os.PathLike, input_shape: str | None = None) -> Model:
     ctx, graph, folded_bn = _read_graph(proto, path, req)
     written = _metadata(proto)
     conv = written.get("input_convention")
+    stage = graph.nodes[0] if graph.nodes and graph.nodes[0].op == "input_norm" else None
+    # a foreign model with its preprocessing built in: its input convention is what that stage
+    # implements, when that is raw pixels (or a convention) mapped onto a known convention
+    implements = stage_convention(stage.attrs, graph.input_shape[-1]) if stage and not isinstance(conv, dict) else None
+    if implements:
+        conv = implements[0]
+        ctx.notes.append(implements[2])
     meta: dict[str, Any] = {
         "arch": "custom",
         "source_format": "onnx",
@@ -369,6 +388,8 @@ def load(onnx: str | os.PathLike, input_shape: str | None = None) -> Model:
             "notes": ctx.notes,
         },
     }
+    if implements:  # the convention the network behind the stage takes (what a weights-only fold records)
+        meta["input_stage_from"] = implements[1]
     if folded_bn:
         ctx.notes.append(
             "no BatchNormalization: folded into the convolutions (torch.onnx.export in eval mode does this), so the "

@@ -1,4 +1,4 @@
-"""PyTorch weight files without torch: torch.save zip archives (a restricted unpickler) and safetensors.
+"""PyTorch weight files without torch: torch.save archives (a restricted unpickler) and safetensors.
 
 * torch.save archives (torch >= 1.6): ``<archive>/data.pkl`` is a pickle that rebuilds each tensor
   with ``torch._utils._rebuild_tensor_v2`` from a persistent storage id ``('storage',
@@ -13,9 +13,15 @@
   storage, transposed layouts), dtypes float32/float16/bfloat16/float64 and the integer types, and
   a big-endian ``byteorder`` record; every size is checked against the archive before anything is
   allocated, and compressed records (which torch.save never writes: a zip bomb) are refused.
+* legacy torch.save files (torch < 1.6, Cadene's ports): ``LegacyArchive``, the same unpickler over
+  the pickles at the head of the file, each storage found by walking the element counts after them.
 * safetensors: ``parse_safetensors`` through the ``safetensors`` library (``safetensors.deserialize``
   validates header, offsets and sizes); the dtype table is ours because ``safetensors.numpy`` has
   no bfloat16: BF16 becomes float32 exactly, by widening the bits.
+
+Why this module is long: the three containers share one restricted unpickler, one tensor model
+(storages, TensorRef, materialise) and one set of size checks; split apart, each container's
+reader would have to re-export or copy the pieces whose safety the others rely on.
 """
 
 from __future__ import annotations

@@ -62,8 +62,8 @@ class SourceFormat:
 
     reader: ``"module:function"``, called with the values of `options` positionally, in order.
     needs: the options that must be given (`usage` says them in the error when one is missing).
-    infer_from: the option whose presence implies this source when ``--from`` is not given
-    (sources are tried in registration order).
+    infer_from: the option (or options) whose presence implies this source when ``--from`` is not
+    given (sources are tried in registration order).
     weights_option: the option naming the weights file (named in messages about bad weights).
     holds_input_stage: whether the format can carry an input stage (input_norm) exactly.
     """
@@ -75,11 +75,16 @@ class SourceFormat:
     needs: tuple[str, ...]
     usage: str
     hint: str
-    infer_from: str | None = None
+    infer_from: str | tuple[str, ...] | None = None
     suffixes: tuple[str, ...] = ()
     extra: str | None = None
     weights_option: str | None = None
     holds_input_stage: bool = True
+
+    def inferred(self, values: dict[str, Any]) -> bool:
+        """Whether the option values imply this source (one of its `infer_from` options is given)."""
+        names = (self.infer_from,) if isinstance(self.infer_from, str) else self.infer_from or ()
+        return any(values.get(n) for n in names)
 
     def read(self, values: dict[str, Any]) -> Model:
         """The Model the reader makes of the option values (SenetHubError when a needed one is missing)."""
@@ -322,8 +327,10 @@ register_source(SourceFormat(
 ))  # fmt: skip
 # before zoo: `--weights F --arch A` is a PyTorch file of arch A, not synthetic weights
 register_source(SourceFormat(
-    name="pytorch", reads="PyTorch state_dict (.pth/.pt/.bin torch.save zip, or .safetensors); no pickle is run",
-    options=(SourceOption("--weights", "PyTorch state_dict (.pth/.pt/.bin/.safetensors)."), _ARCH),
+    name="pytorch", reads="PyTorch state_dict (.pth/.pt/.bin torch.save, any version, or .safetensors), or a .pt2 / "
+    "TorchScript .pt senet-hub wrote; no pickle is run",
+    options=(SourceOption("--weights", "PyTorch state_dict (.pth/.pt/.bin/.safetensors), or senet-hub's .pt2/.pt."),
+             _ARCH),
     reader="senet_hub.converters.pytorch:load", needs=("weights",),
     usage="--weights FILE (and --arch when its keys and shapes fit several architectures)", hint="--weights",
     infer_from="weights", suffixes=(".pth", ".pt", ".safetensors", ".bin"), weights_option="weights",
@@ -344,6 +351,15 @@ register_source(SourceFormat(
     reader="senet_hub.converters.mxnet_params:load_prefix", needs=("params",),
     usage="--params FILE (with --symbol FILE, or --arch, when its names and shapes fit several architectures)",
     hint="--params/--symbol", infer_from="params", suffixes=(".params", "-symbol.json"), weights_option="params",
+))  # fmt: skip
+register_source(SourceFormat(
+    name="tensorflow", reads="Keras .keras file or TensorFlow SavedModel directory written by senet-hub (graph stored)",
+    options=(SourceOption("--keras", "Keras .keras file written by senet-hub (--from tensorflow)."),
+             SourceOption("--saved-model", "TensorFlow SavedModel directory written by senet-hub (--from tensorflow)."),
+             _ARCH),
+    # either option alone names the model: the reader checks that exactly one is given
+    reader="senet_hub.converters.tensorflow_source:load", needs=(), usage="--keras FILE or --saved-model DIR",
+    hint="--keras/--saved-model", infer_from=("keras", "saved_model"), extra="tensorflow", weights_option="keras",
 ))  # fmt: skip
 register_source(SourceFormat(
     name="zoo", reads="a zoo architecture with deterministic synthetic weights",

@@ -182,3 +182,64 @@ def rename(model: Model, mapping: dict[str, str]) -> Model:
     m.graph.output = mapping.get(m.graph.output, m.graph.output)
     m.weights = weights
     return m
+
+
+# ------------------------------------------------------------------------------------ stored graphs
+
+GRAPH_FORMAT = "senet-hub graph 1"
+
+
+def graph_document(graph: Graph, meta: dict) -> dict[str, Any]:
+    """The graph and meta as a JSON-able document: what every file senet-hub writes stores to be read
+    back exactly (Chainer .npz, .pt2/.pt, .keras/SavedModel, MXNet symbol). Local absolute paths
+    (meta["source_paths"]) are left out of artifacts."""
+    import json
+
+    nodes = [
+        dict(name=n.name, op=n.op, inputs=list(n.inputs), attrs=n.attrs, source=list(n.source)) for n in graph.nodes
+    ]
+    doc = dict(
+        format=GRAPH_FORMAT,
+        input_name=graph.input_name,
+        input_shape=list(graph.input_shape),
+        output=graph.output,
+        nodes=nodes,
+        meta={k: v for k, v in meta.items() if k != "source_paths"},
+    )
+    # numpy values in attrs/meta become lists, anything else its text: one JSON round trip normalises
+    return dict(json.loads(json.dumps(doc, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))))
+
+
+def graph_to_json(graph: Graph, meta: dict) -> str:
+    """graph_document as JSON text."""
+    import json
+
+    return json.dumps(graph_document(graph, meta))
+
+
+def read_graph(doc: Any, where: str, fix: str) -> tuple[Graph, dict]:
+    """(graph, meta) of a stored graph document (graph_to_json's text or its parsed object).
+
+    Anything else is a FormatError (exit 4): "<where> is not a readable senet-hub graph (<why>); <fix>".
+    The graph is validated where it is used (graph.validate with the weights)."""
+    import json
+
+    from .errors import FormatError
+
+    try:
+        if isinstance(doc, (str, bytes)):
+            doc = json.loads(doc)
+        if not isinstance(doc, dict):
+            raise TypeError(f"a JSON {type(doc).__name__}, not an object")
+        nodes = [
+            Node(d["name"], d["op"], list(d["inputs"]), dict(d["attrs"]), list(d.get("source", [])))
+            for d in doc["nodes"]
+        ]
+        meta = doc.get("meta", {})
+        if not isinstance(meta, dict):
+            raise TypeError("meta is not an object")
+        return Graph(nodes, doc["input_name"], tuple(doc["input_shape"]), doc["output"]), dict(meta)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+        text = str(e).strip()
+        why = text.splitlines()[0][:200] if text else type(e).__name__
+        raise FormatError(f"{where} is not a readable senet-hub graph ({why}); {fix}") from None

@@ -28,7 +28,7 @@ def infer_source(
         return source
     given = {"prototxt": prototxt, "ckpt": ckpt, "arch": arch, **options}
     for fmt in formats.sources():
-        if fmt.infer_from and given.get(fmt.infer_from):
+        if fmt.inferred(given):
             return fmt.name
     hints = [s.hint for s in formats.sources()]
     raise SenetHubError(f"no input model: give {', '.join(hints[:-1])}, or {hints[-1]}")

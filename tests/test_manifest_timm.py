@@ -22,10 +22,10 @@ import urllib.parse
 import numpy as np
 import pytest
 import yaml
-from click.testing import CliRunner
+from helpers import cli as _cli
+from helpers import random_timm_net as _net
 
 from senet_hub import zoo
-from senet_hub.cli import main
 from senet_hub.errors import ChecksumError, DownloadError
 from senet_hub.hub import cache, manifest
 
@@ -97,6 +97,12 @@ class _Hub(http.server.BaseHTTPRequestHandler):
 
     def do_HEAD(self):  # noqa: N802 - the Hub answers with the redirect and its statement of the file
         path, body = self._route()
+        if path in self.server.moved:  # a renamed repository: a redirect on the Hub, no statement
+            self.send_response(307)
+            self.send_header("Location", self.server.moved[path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if body is None:
             self.send_error(404)
             return
@@ -136,7 +142,7 @@ class _Server(http.server.ThreadingHTTPServer):
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
     srv = _Server(("127.0.0.1", 0), _Hub)
-    srv.files, srv.etag, srv.silent, srv.log = {}, {}, set(), []
+    srv.files, srv.etag, srv.silent, srv.log, srv.moved = {}, {}, set(), [], {}
     t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     base = f"http://127.0.0.1:{srv.server_port}/"
@@ -146,21 +152,6 @@ def hub(monkeypatch, tmp_path):
     yield srv
     srv.shutdown()
     srv.server_close()
-
-
-def _net(name: str, seed: int = 0):
-    torch.manual_seed(seed)
-    net = timm.create_model(name, pretrained=False).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return net
-
-
-def _cli(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def _rel(got: np.ndarray, ref: np.ndarray) -> float:
@@ -257,3 +248,16 @@ def test_a_github_release_file_checked_by_its_name(hub, tmp_path, monkeypatch):
     with torch.no_grad():
         ref = net(torch.from_numpy(x)).numpy()
     assert _rel(got, ref) <= 1e-3
+
+
+def test_a_renamed_hub_repository_is_followed_on_the_hub_only(hub):
+    from senet_hub.hub.download import hub_sha256
+
+    body = b"weights" * 100
+    hub.files["/timm/new/resolve/main/model.safetensors"] = body
+    hub.moved["/timm/old/resolve/main/model.safetensors"] = "/timm/new/resolve/main/model.safetensors"
+    base = f"http://127.0.0.1:{hub.server_port}"
+    assert hub_sha256(f"{base}/timm/old/resolve/main/model.safetensors") == (hashlib.sha256(body).hexdigest(), 700)
+    # a redirect to another host (the CDN) is not followed: what it says is no statement of the Hub's
+    hub.moved["/timm/cdn/resolve/main/model.safetensors"] = "http://localhost:9/elsewhere"
+    assert hub_sha256(f"{base}/timm/cdn/resolve/main/model.safetensors") == (None, None)

@@ -165,7 +165,7 @@ def test_torch_export_of_timm_matches_timm(tmp_path, name, opset, dynamo):
     assert len(re.findall(r'type:\s*"Axpy"', text)) == 16
     if name == "seresnet50":  # timm's stem max pool: 3x3/2, pad 1, floor mode
         # BVLC Caffe's field; OpenCV 4.11 ignores it (reads its own `ceil_mode: false`), which the
-        # OpenCV backend's prototxt patch supplies (builders.opencv.patch_axpy)
+        # OpenCV backend's prototxt patch supplies (builders.opencv.patch_for_opencv)
         assert "round_mode: FLOOR" in text
     assert _rel(_opencv_run(tmp_path / "caffe", x), want) < 1e-3
 

@@ -19,27 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from helpers import cli as _cli
+from helpers import one_line as _one_line
+from helpers import random_timm_net
 
-from senet_hub.cli import main
 from senet_hub.converters import pytorch
 from senet_hub.converters.pytorch_format import LEGACY_MAGIC, LEGACY_PROTOCOL
 from senet_hub.errors import FormatError
 
 torch = pytest.importorskip("torch", reason="torch not installed (pip install 'senet-hub[torch]')")
-
-
-def _cli(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _one_line(r, code: int, *fragments: str) -> str:
-    assert r.exit_code == code, (r.exit_code, r.output)
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in r.output, r.output
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
 
 
 def _torch_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -131,14 +119,8 @@ def test_a_torch03_file_with_cuda_storages(tmp_path):
 
 
 def test_a_timm_legacy_model_from_its_legacy_file(tmp_path):
-    timm = pytest.importorskip("timm", reason="timm not installed (the test extra installs it --no-deps)")
-    torch.manual_seed(0)
-    net = timm.create_model("legacy_seresnet18", pretrained=False).eval()
-    g = torch.Generator().manual_seed(1)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    pytest.importorskip("timm", reason="timm not installed (the test extra installs it --no-deps)")
+    net = random_timm_net("legacy_seresnet18")
     path = tmp_path / "seresnet18-4bb0ce65.pth"
     torch.save(net.state_dict(), path, _use_new_zipfile_serialization=False)
     model = pytorch.load(path)

@@ -15,41 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from helpers import assert_same_model as _same
+from helpers import cli, one_line
 
 from senet_hub import zoo
-from senet_hub.cli import main
 from senet_hub.converters import chainer_npz, mxnet_params
-from senet_hub.errors import FormatError, ModelError, UnsupportedError
-from senet_hub.graph import structure
+from senet_hub.errors import FormatError, ModelError
 
-META = ("arch", "input_convention", "class_order", "num_classes")
-
-
-def _cli(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _one_line(r, code: int, *fragments: str) -> str:
-    assert r.exit_code == code, (r.exit_code, r.output)
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in r.output, r.output
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
-
-
-def assert_same_model(got, want) -> None:
-    """Same graph (structure, names, output), bit-identical float32 weights, same meta."""
-    assert structure(got.graph) == structure(want.graph)
-    assert [n.name for n in got.graph.nodes] == [n.name for n in want.graph.nodes]
-    assert got.graph.output == want.graph.output and tuple(got.graph.input_shape) == tuple(want.graph.input_shape)
-    assert set(got.weights) == set(want.weights)
-    for k, w in want.weights.items():
-        a = got.weights[k]
-        assert a.dtype == np.float32 and a.shape == w.shape, k
-        assert np.array_equal(a.view(np.uint32), np.asarray(w, np.float32).view(np.uint32)), k
-    assert {k: got.meta.get(k) for k in META} == {k: want.meta.get(k) for k in META}
+META = ("arch", "input_convention", "class_order", "num_classes")  # no input_fold: the zoo meta of MXNet
 
 
 # ------------------------------------------------------------------------------------ Chainer .npz
@@ -69,7 +42,7 @@ def s18_npz(tmp_path_factory):
 def test_chainer_npz_round_trip_is_exact(s18_npz):
     model, path = s18_npz
     got = chainer_npz.load(path)
-    assert_same_model(got, model)
+    _same(got, model, META)
     assert got.meta["source_format"] == "chainer"
 
 
@@ -85,7 +58,7 @@ def test_chainer_npz_without_graph_is_recognised_from_keys(s18_npz, tmp_path):
     """A save_npz of a zoo architecture (no senet-hub graph): the arch from keys and shapes, head width included."""
     model, path = s18_npz
     got = chainer_npz.load(_without_graph(path, tmp_path / "plain.npz"))
-    assert_same_model(got, model)
+    _same(got, model, META)
     assert "recognised" in got.meta["source_container"]
 
 
@@ -118,7 +91,7 @@ def test_link_paths_suffix_rule_matches_the_writer(tmp_path):
 def test_chainer_cli_chain_to_onnx_and_back(s18_npz, tmp_path):
     pytest.importorskip("onnx")
     model, path = s18_npz
-    r = _cli("convert", "--from", "chainer", "--npz", path, "--to", "onnx", "-o", tmp_path / "s18.onnx")
+    r = cli("convert", "--from", "chainer", "--npz", path, "--to", "onnx", "-o", tmp_path / "s18.onnx")
     assert r.exit_code == 0, r.output
     from senet_hub.converters import onnx_source
 
@@ -132,15 +105,15 @@ def test_chainer_bad_files_are_one_line(s18_npz, tmp_path):
     _, path = s18_npz
     data = Path(path).read_bytes()
     (tmp_path / "cut.npz").write_bytes(data[: len(data) // 3])
-    r = _cli("convert", "--from", "chainer", "--npz", tmp_path / "cut.npz", "--to", "onnx", "-o", tmp_path / "x.onnx")
-    _one_line(r, FormatError.exit_code, "cut.npz")
+    r = cli("convert", "--from", "chainer", "--npz", tmp_path / "cut.npz", "--to", "onnx", "-o", tmp_path / "x.onnx")
+    one_line(r, FormatError.exit_code, "cut.npz")
     (tmp_path / "text.npz").write_text("not a zip")
-    r = _cli("convert", "--npz", tmp_path / "text.npz", "--to", "onnx", "-o", tmp_path / "x.onnx")
-    _one_line(r, FormatError.exit_code, "not a Chainer .npz")
+    r = cli("convert", "--npz", tmp_path / "text.npz", "--to", "onnx", "-o", tmp_path / "x.onnx")
+    one_line(r, FormatError.exit_code, "not a Chainer .npz")
     # a Chainer file of no zoo architecture: exit 5, naming what is missing
     np.savez(tmp_path / "foreign.npz", **{"predictor/conv1/W": np.zeros((4, 3, 3, 3), np.float32)})
-    r = _cli("convert", "--npz", tmp_path / "foreign.npz", "--to", "onnx", "-o", tmp_path / "x.onnx")
-    _one_line(r, ModelError.exit_code, "no '_senet_hub_graph' entry", "closest is")
+    r = cli("convert", "--npz", tmp_path / "foreign.npz", "--to", "onnx", "-o", tmp_path / "x.onnx")
+    one_line(r, ModelError.exit_code, "no '_senet_hub_graph' entry", "closest is")
     # a pickled object array is refused by name, never unpickled
     np.savez(tmp_path / "obj.npz", **{"conv1/W": np.array([1, None], dtype=object)})
     with pytest.raises((FormatError, ModelError), match="foreign|pickled|closest|not a readable"):
@@ -170,9 +143,9 @@ def mx_s18(tmp_path_factory):
 def test_mxnet_round_trip_is_exact(mx_s18):
     model, sym, params = mx_s18
     got = mxnet_params.load(sym, params)
-    assert_same_model(got, model)
+    _same(got, model, META)
     assert got.meta["source_format"] == "mxnet"
-    assert_same_model(mxnet_params.load(None, params), model)  # one architecture fits: no symbol needed
+    _same(mxnet_params.load(None, params), model, META)  # one architecture fits: no symbol needed
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +167,7 @@ def mx_prefixes(tmp_path_factory):
 def test_mxnet_round_trip_tells_pooling_variants_apart(mx_prefixes, arch):
     model, sym, params = mx_prefixes[arch]
     got = mxnet_params.load(sym, params)
-    assert_same_model(got, model)
+    _same(got, model, META)
     assert got.meta["source_format"] == "mxnet"
 
 
@@ -204,7 +177,7 @@ def test_mxnet_params_alone_is_ambiguous_between_pooling_variants(mx_prefixes):
     model, _, params = mx_prefixes["seresnet50"]
     with pytest.raises(ModelError, match="fits several architectures.*pass --symbol"):
         mxnet_params.load(None, params)
-    assert_same_model(mxnet_params.load(None, params, arch="seresnet50"), model)
+    _same(mxnet_params.load(None, params, arch="seresnet50"), model, META)
     # the same names and shapes with the other architecture's symbol: the symbol decides
     _, other_sym, _ = mx_prefixes["timm/seresnet50"]
     got = mxnet_params.load(other_sym, params)  # same params bytes-layout: the symbol decides
@@ -233,39 +206,40 @@ def test_mxnet_cli_chain_to_chainer(mx_prefixes, tmp_path):
     model, sym, params = mx_prefixes["timm/seresnet50"]
     if chainer_builder.available() is None:
         pytest.skip("chainer not installed")
-    r = _cli("convert", "--from", "mxnet", "--params", params, "--symbol", sym, "--to", "chainer",
+    r = cli("convert", "--from", "mxnet", "--params", params, "--symbol", sym, "--to", "chainer",
              "-o", tmp_path / "m.npz")  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert_same_model(chainer_npz.load(tmp_path / "m.npz"), model)
+    _same(chainer_npz.load(tmp_path / "m.npz"), model, META)
 
 
 def test_mxnet_bad_files_are_one_line(mx_s18, tmp_path):
     _, sym, params = mx_s18
     data = params.read_bytes()
     (tmp_path / "cut.params").write_bytes(data[: len(data) // 2])
-    r = _cli(
+    r = cli(
         "convert", "--from", "mxnet", "--params", tmp_path / "cut.params", "--to", "onnx", "-o", tmp_path / "x.onnx"
     )
-    _one_line(r, FormatError.exit_code, "cut.params", "remain")
+    one_line(r, FormatError.exit_code, "cut.params", "remain")
     (tmp_path / "huge.params").write_bytes(struct.pack("<QQQ", 0x112, 0, 2**62))
     with pytest.raises(FormatError, match="declares"):
         mxnet_params.read_params(tmp_path / "huge.params")
     (tmp_path / "bad-symbol.json").write_text('{"nodes": 3}')
-    r = _cli("convert", "--from", "mxnet", "--params", params, "--symbol", tmp_path / "bad-symbol.json",
+    r = cli("convert", "--from", "mxnet", "--params", params, "--symbol", tmp_path / "bad-symbol.json",
              "--to", "onnx", "-o", tmp_path / "x.onnx")  # fmt: skip
-    _one_line(r, FormatError.exit_code, "not an MXNet symbol JSON")
+    one_line(r, FormatError.exit_code, "not an MXNet symbol JSON")
     # params of no zoo architecture: exit 5 with the closest one
     tiny = struct.pack("<QQQ", 0x112, 0, 1) + struct.pack("<IiIq", 0xF993FAC9, 0, 1, 2) + struct.pack("<iii", 1, 0, 0)
     tiny += np.zeros(2, "<f4").tobytes() + struct.pack("<QQ", 1, 7) + b"arg:x_w"
     (tmp_path / "tiny.params").write_bytes(tiny)
-    r = _cli(
+    r = cli(
         "convert", "--from", "mxnet", "--params", tmp_path / "tiny.params", "--to", "onnx", "-o", tmp_path / "x.onnx"
     )
-    _one_line(r, ModelError.exit_code, "not the params of any zoo architecture", "closest is")
+    one_line(r, ModelError.exit_code, "not the params of any zoo architecture", "closest is")
 
 
-def test_mxnet_input_stage_is_refused_clearly(tmp_path):
-    """An MXNet prefix with an input stage: the convention it implements is not in the files."""
+def test_mxnet_input_stage_is_read_back_with_its_record(tmp_path):
+    """An MXNet prefix with an input stage: the record says which convention it implements
+    (without the record it is refused: tests/test_readback_mxnet.py)."""
     _need_mxnet()
     from senet_hub import transforms
 
@@ -273,5 +247,6 @@ def test_mxnet_input_stage_is_refused_clearly(tmp_path):
                                             fold=False)  # fmt: skip
     assert model.graph.nodes[0].op == "input_norm"
     mxnet_builder.save(model, tmp_path / "staged")
-    with pytest.raises(UnsupportedError, match="input stage"):
-        mxnet_params.load(tmp_path / "staged-symbol.json", tmp_path / "staged-0000.params")
+    back = mxnet_params.load(tmp_path / "staged-symbol.json", tmp_path / "staged-0000.params")
+    assert back.graph.nodes[0].op == "input_norm" and back.meta["input_convention"] == model.meta["input_convention"]
+    assert all(np.array_equal(back.weights[k], v) for k, v in model.weights.items())

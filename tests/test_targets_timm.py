@@ -14,7 +14,6 @@ seresnet18 at 64.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -22,22 +21,13 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from helpers import cli, have, needs
 
 from senet_hub import consumers, transforms, verify, zoo
 from senet_hub.builders import numpy_ref
-from senet_hub.cli import main
 from senet_hub.converters import pth, safetensors_writer, timm_dir
 from senet_hub.errors import OutputError, UnsupportedError
 from senet_hub.sources import save_model
-
-
-def _have(*mods: str) -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in mods)
-
-
-def needs(*mods: str):
-    return pytest.mark.skipif(not _have(*mods), reason=f"needs {', '.join(mods)}")
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +137,7 @@ def test_mindcv_safetensors_loads_by_name_into_timm_and_back_into_senet_hub(r18,
     timm.create_model("seresnet18", pretrained=False).load_state_dict(_load_st(path), strict=True)
     rep = consumers.verify_artifact(r18, path, x=verify.default_input(r18, 2, 7))
     assert rep.consumer == "senet-hub" and rep.passed, rep.to_text(5)
-    if _have("senet_hub.converters.pytorch"):  # the --from pytorch reader (issue 14 item 1)
+    if have("senet_hub.converters.pytorch"):  # the --from pytorch reader (issue 14 item 1)
         from senet_hub.sources import load_model
 
         back = load_model("pytorch", weights=path)
@@ -306,9 +296,7 @@ def test_timm_dir_of_a_mindcv_model(r18, out):
 def test_timm_dir_refuses_se_bn_inception(tmp_path):
     """No timm model computes SE-BN-Inception: exit 6, one line naming the formats that hold it; nothing written."""
     path = tmp_path / "bni"
-    r = CliRunner().invoke(
-        main, ["convert", "--from", "zoo", "--arch", "SE-BN-Inception", "--to", "timm", "-o", str(path)]
-    )
+    r = cli("convert", "--from", "zoo", "--arch", "SE-BN-Inception", "--to", "timm", "-o", path)
     assert r.exit_code == UnsupportedError.exit_code, r.output
     line = r.output.strip().splitlines()[-1]
     assert (
@@ -327,12 +315,12 @@ def test_timm_dir_never_replaces_a_users_folder(tmp_path):
     user.mkdir()
     (user / "notes.txt").write_text("keep me")
     args = ["convert", "--from", "zoo", "--arch", "seresnet18", "--to", "timm", "-o", str(user)]
-    r = CliRunner().invoke(main, args)
+    r = cli(*args)
     assert r.exit_code == OutputError.exit_code, r.output
     assert os.listdir(user) == ["notes.txt"] and (user / "notes.txt").read_text() == "keep me"
     ours = tmp_path / "ours"
     for _ in range(2):  # the second run replaces the first one's directory
-        r = CliRunner().invoke(main, [*args[:-1], str(ours)])
+        r = cli(*args[:-1], ours)
         assert r.exit_code == 0, r.output
     assert sorted(os.listdir(ours)) == [".senet-hub-output", "config.json", "model.safetensors"]
     assert not [n for n in os.listdir(tmp_path) if ".senet-hub-tmp-" in n]
@@ -342,8 +330,7 @@ def test_timm_dir_never_replaces_a_users_folder(tmp_path):
 def test_convert_to_timm_verify_cli(tmp_path):
     """convert --to timm --verify: the default consumer loads the directory with timm and passes."""
     path = tmp_path / "lr18"
-    r = CliRunner().invoke(main, ["convert", "--from", "zoo", "--arch", "legacy_seresnet18", "--to", "timm", "-o",
-                                  str(path), "--verify", "--json"])  # fmt: skip
+    r = cli("convert", "--from", "zoo", "--arch", "legacy_seresnet18", "--to", "timm", "-o", path, "--verify", "--json")
     assert r.exit_code == 0, r.output
     assert "consumer timm-local-dir loaded" in r.output and "— PASS" in r.output
     assert consumers.default_consumer(str(path)) == "timm-local-dir"

@@ -9,31 +9,41 @@ Chainer, OpenCV DNN for the Caffe files, timm's ``local-dir:`` hub loader). The 
 output must match timm's own forward on the same input within 1e-3 * max|timm| — not only
 senet-hub's reference (which test_timm_zoo.py proves equal to timm node by node).
 
-Architectures: two full-depth nets that cover the families' blocks cheaply (senet.py's basic
-block; resnet.py's deep stem and average-pool shortcut). timm is installed ``--no-deps`` and imported with the
-test-only torchvision stub (tests/stubs, put on sys.path by tests/conftest.py).
+Architectures (full depth, 64 x 64 input, batch 2): every stem and block layout of the two families.
+In test-fast: senet.py's basic block and Cadene names (legacy_seresnet18); resnet.py's deep stem,
+floor-mode stem max pool and average-pool shortcut (seresnext26d_32x4d). Slow (CI runs them): the
+tiered stem (seresnext26t_32x4d); the anti-aliased blocks (seresnextaa101d_32x8d, 93M parameters:
+AvgPool2d(2) after act2 in strided blocks and as the stem pool); the gluon SENet-154 layout
+(senet154, 115M: deep stem, 3x3 stride-2 projection shortcuts, reduce_first 2). The plain ResNet
+layout (seresnet50: 7x7 stem, 1x1 stride-2 projection shortcuts) adds no stem, block or shortcut
+the nets above lack, so it is not run again (CI time); test_timm_zoo.py matches it with timm node
+by node. Each architecture's timm net, files and read models are made once and shared by its
+targets (the consumers then reuse one float64 reference). timm is installed ``--no-deps`` and
+imported with the test-only torchvision stub (tests/stubs, put on sys.path by tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import pickle
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from helpers import branch_end_bns, random_timm_net
 
 from senet_hub import consumers, sources, zoo
 from senet_hub.converters import pytorch as pytorch_source
+from senet_hub.errors import ModelError
 
 torch = pytest.importorskip("torch", reason="torch not installed (pip install 'senet-hub[torch]')")
 timm = pytest.importorskip("timm", reason="timm not installed (the test extra installs it --no-deps)")
 
 SIZE = 64  # timm's SE nets pool globally: any size from 32 up (multiples of 32 for the aa nets)
-# senet.py's basic block and Cadene names; resnet.py's deep stem, floor-mode stem max pool and
-# average-pool shortcut. The other stems and blocks (tiered, anti-aliased, SENet-154) are matched
-# with timm node by node in test_timm_zoo.py and are the same ops on every backend
-# (test_op_conformance.py), so they are not run through every target again (CI time).
 FAST = ["legacy_seresnet18", "timm/seresnext26d_32x4d"]
-SLOW: list[str] = []
+# measured on the shared 2-core machine (--durations, setup + all 11 targets): 26t 28 s, aa ~130 s,
+# senet154 172 s
+SLOW = ["timm/seresnext26t_32x4d", "timm/seresnextaa101d_32x8d", "timm/senet154"]
 
 # target output name -> (--to, consumer that loads it, python module that must be installed)
 TARGETS = {
@@ -49,33 +59,46 @@ TARGETS = {
     "caffe": ("caffe", "opencv", "cv2"),
     "timmdir": ("timm", "timm-local-dir", "timm"),
 }
+# anti-aliasing has no parameters: this state_dict is exactly seresnext101d_32x8d's, so its users
+# name the architecture (--arch), as the reader's refusal asks
+NAMED = {"timm/seresnextaa101d_32x8d": "timm/seresnext101d_32x8d"}
+
+CASES = [
+    pytest.param(arch, kind, id=f"{arch}-{kind}", marks=[pytest.mark.slow] if arch in SLOW else [])
+    for arch in FAST + SLOW
+    for kind in TARGETS
+]
 
 
-def _timm_net(name: str, seed: int = 0):
-    """timm's model with random weights, randomized BN statistics (and small gammas closing the
-    residual branches, so a deep net's SE gates stay off their saturated tails), eval mode."""
-    torch.manual_seed(seed)
-    net = timm.create_model(name, pretrained=False)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for n, m in net.named_modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                closing = n.startswith("layer") and n.endswith(("bn2", "bn3"))  # a bottleneck's bn2 too: harmless
-                m.weight.uniform_(*((0.1, 0.3) if closing else (0.5, 1.5)), generator=g)
-                m.bias.normal_(0.0, 0.2, generator=g)
-                m.running_mean.normal_(0.0, 0.2, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-    return net.eval()
+@pytest.fixture(scope="module")
+def held() -> Iterator[dict]:
+    """The one architecture's source the module holds (see `source`), released at its end."""
+    sources_held: dict = {}
+    yield sources_held
+    sources_held.clear()
 
 
-@pytest.fixture(scope="module", params=[*FAST, *(pytest.param(a, marks=pytest.mark.slow) for a in SLOW)])
-def source(request, tmp_path_factory):
-    """(arch, timm name, the .pth and .safetensors timm's state_dict was saved as, x, timm's output)."""
+@pytest.fixture
+def source(request, held, tmp_path_factory):
+    """(arch, timm name, the folder of the .pth and .safetensors timm's state_dict was saved as, x,
+    timm's output, the models read from those files: filled by _read).
+
+    Made once per architecture and shared by its targets: the CASES run architecture by
+    architecture (function-scoped parameters keep their order; a module-scoped parametrization
+    would be regrouped by target too), and only the current architecture's nets and files are held
+    (the two models read from a 115M-parameter net's files are ~1 GB)."""
+    arch = request.param
+    if arch not in held:
+        held.clear()
+        held[arch] = _make_source(arch, tmp_path_factory)
+    return held[arch]
+
+
+def _make_source(arch: str, tmp_path_factory: pytest.TempPathFactory) -> tuple:
     from safetensors.torch import save_file
 
-    arch = request.param
     name = zoo.timm_name(arch)
-    net = _timm_net(name)
+    net = random_timm_net(name, branch_ends=branch_end_bns(zoo.expand(arch)))
     d = tmp_path_factory.mktemp(arch.replace("/", "_"))
     sd = net.state_dict()
     torch.save(sd, d / "weights.pth")
@@ -84,15 +107,33 @@ def source(request, tmp_path_factory):
     with torch.no_grad():
         y = net(torch.from_numpy(x)).numpy().astype(np.float64)
     assert np.isfinite(y).all() and y.std() > 1e-3
-    return arch, name, d, x, y
+    if arch in NAMED:  # without --arch: one line naming both architectures and the option
+        with pytest.raises(ModelError, match=f"fits several architectures.*{NAMED[arch]}.*--arch") as e:
+            pytorch_source.load(d / "weights.pth")
+        assert arch in str(e.value) and "\n" not in str(e.value)
+    return arch, name, d, x, y, {}
+
+
+def _fingerprint(model) -> tuple:
+    """What a writer or consumer could change in the model it is given: graph, meta, every weight."""
+    return (
+        pickle.dumps((model.graph, model.meta)),
+        {k: (id(v), float(np.sum(v, dtype=np.float64))) for k, v in model.weights.items()},
+    )
 
 
 def _read(source, kind: str):
-    arch, _, d, _, _ = source
+    """The model read from the .safetensors (kind "safetensors") or the .pth (every other kind),
+    once per file: the targets share it, and with it the consumers' cached float64 reference (a
+    93M-parameter net's costs seconds); each test asserts that its writer and consumer left it unchanged."""
+    arch, _, d, _, _, models = source
     path = d / ("weights.safetensors" if kind == "safetensors" else "weights.pth")
-    model = pytorch_source.load(path)  # no --arch: recognised from the keys and shapes
-    assert model.arch == arch
-    return sources.ensure_hashes(model)
+    if path not in models:
+        # --arch only where the file cannot tell (NAMED); else recognised from the keys and shapes
+        model = pytorch_source.load(path, arch if arch in NAMED else None)
+        assert model.arch == arch
+        models[path] = sources.ensure_hashes(model)
+    return models[path]
 
 
 def _at_size(model):
@@ -101,13 +142,14 @@ def _at_size(model):
     return model
 
 
-@pytest.mark.parametrize("kind", list(TARGETS))
+@pytest.mark.parametrize(("source", "kind"), CASES, indirect=["source"])
 def test_every_target_computes_timms_forward(source, kind, tmp_path):
     to, consumer, probe = TARGETS[kind]
     if importlib.util.find_spec(probe) is None:
         pytest.skip(f"{probe} is not installed")
-    arch, name, _, x, want = source
+    arch, name, _, x, want, _ = source
     model = _at_size(_read(source, kind))
+    before = _fingerprint(model)
     out = str(
         tmp_path / {"savedmodel": "tf", "mxnet": "net", "caffe": "net", "timmdir": "timm_dir"}.get(kind, f"m.{kind}")
     )
@@ -121,8 +163,10 @@ def test_every_target_computes_timms_forward(source, kind, tmp_path):
     assert err <= 1e-3, f"{arch} -> {kind} in {shown}: max|d|/max|timm| {err:.2e}"
     assert (got.argmax(1) == want.argmax(1)).all()
     assert report.passed, consumers.summary_line(report)
+    assert _fingerprint(model) == before, f"{arch} -> {kind} changed the model it was given"
 
 
+@pytest.mark.parametrize("source", FAST, indirect=True)  # the same rule for every timm architecture
 def test_a_timm_arch_in_mindspore_is_refused_or_warned(source, tmp_path):
     """Architecture limits are stated, not discovered: MindCV has none of these timm models, so a
     .ckpt of one either is refused or says that MindCV cannot load it (never silently written as if

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import branch_end_bns, random_timm_net
 
 from senet_hub import zoo
 from senet_hub.builders import numpy_ref
@@ -44,38 +45,6 @@ def _size(arch: str) -> int:
     """A small input: 40 gives odd stage maps (3x3 / 5x5), exercising the ceil-mode pools and the
     count_include_pad=False shortcut pools; the anti-aliased nets need even maps (64)."""
     return 64 if zoo.description(arch).get("aa") else 40
-
-
-def _branch_end_bns(graph: Graph) -> set[str]:
-    """The BatchNorm closing each residual branch (bn3, or a basic block's bn2 before its ReLU)."""
-    producer = {n.name: n for n in graph.nodes}
-    out = set()
-    for n in graph.nodes:
-        if n.op == "axpy":
-            x = producer[n.inputs[1]]
-            while x.op != "batch_norm":
-                x = producer[x.inputs[0]]
-            out.add(x.name)
-    return out
-
-
-def _timm_net(name: str, layers: tuple[int, ...] | None = None, seed: int = 0, branch_ends: set[str] = frozenset()):
-    """timm's model, random weights, randomized BN statistics and affine parameters, eval mode.
-
-    The BNs closing residual branches get gamma U(0.1, 0.3) (as zoo.synthetic_weights does): with
-    gamma ~1 the residual stream of a 152-layer net grows by orders of magnitude, its SE gates
-    saturate and float32 rounding alone moves them by more than the tolerance."""
-    torch.manual_seed(seed)
-    net = timm.create_model(name, pretrained=False, **({"layers": layers} if layers else {}))
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for n, m in net.named_modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(*((0.1, 0.3) if n in branch_ends else (0.5, 1.5)), generator=g)
-                m.bias.normal_(0.0, 0.2, generator=g)
-                m.running_mean.normal_(0.0, 0.2, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-    return net.eval()
 
 
 def _state_dict(net) -> dict[str, np.ndarray]:
@@ -108,7 +77,7 @@ def _check_parity(arch: str, name: str, size: int, layers: tuple[int, ...] | Non
     """timm's forward == the numpy reference of the canonical model, per hooked node and at the end.
     Returns the number of nodes compared by name."""
     graph = _graph(arch, size, list(layers) if layers else None)
-    net = _timm_net(name, layers, branch_ends=_branch_end_bns(graph))
+    net = random_timm_net(name, layers, branch_ends=branch_end_bns(graph))
     sd = _state_dict(net)
     _assert_same_keys(graph, sd, name)
     model = Model(graph, sd, zoo.meta(arch))
@@ -262,7 +231,7 @@ def test_node_names_are_timm_module_paths():
 def test_anti_aliased_input_sizes():
     """The zoo refuses exactly the sizes timm's anti-aliased nets cannot run."""
     arch = "timm/seresnextaa101d_32x8d"
-    net = _timm_net(zoo.timm_name(arch), (1, 1, 1, 1))
+    net = random_timm_net(zoo.timm_name(arch), (1, 1, 1, 1))
     for size in (33, 40, 63):
         try:
             with torch.no_grad():

@@ -41,7 +41,6 @@ pickle refusal) shares the link naming defined here.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import zipfile
@@ -52,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError
-from ..graph import Graph, Model, Node, infer_shapes
+from ..graph import Graph, Model, graph_to_json, infer_shapes, read_graph
 from ..ops import (
     BatchNormAttrs,
     ConcatAttrs,
@@ -414,29 +413,6 @@ def run(native: Any, x: np.ndarray, taps: bool = True) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------- save / load
 
 
-def _graph_json(graph: Graph, meta: dict) -> str:
-    nodes = [
-        dict(name=n.name, op=n.op, inputs=list(n.inputs), attrs=n.attrs, source=list(n.source)) for n in graph.nodes
-    ]
-    doc = dict(
-        format="senet-hub graph 1",
-        input_name=graph.input_name,
-        input_shape=list(graph.input_shape),
-        output=graph.output,
-        nodes=nodes,
-        meta={k: v for k, v in meta.items() if k != "source_paths"},  # no local absolute paths in artifacts
-    )
-    return json.dumps(doc, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-
-
-def _graph_from_json(text: str) -> tuple[Graph, dict]:
-    doc = json.loads(text)
-    nodes = [
-        Node(d["name"], d["op"], list(d["inputs"]), dict(d["attrs"]), list(d.get("source", []))) for d in doc["nodes"]
-    ]
-    return Graph(nodes, doc["input_name"], tuple(doc["input_shape"]), doc["output"]), dict(doc.get("meta", {}))
-
-
 def save(model: Model, path: str | os.PathLike, compression: bool = True, **_: Any) -> list[str]:
     """Write ``path`` (.npz, chainer.serializers layout + the graph) atomically."""
     from ..atomic import atomic_outputs, check_writable
@@ -448,7 +424,7 @@ def save(model: Model, path: str | os.PathLike, compression: bool = True, **_: A
     ser = chainer.serializers.DictionarySerializer()
     ser.save(chain)
     target = dict(sorted(ser.target.items()))  # Chain keeps children in a set: sort for stable bytes
-    target[GRAPH_KEY] = np.frombuffer(_graph_json(model.graph, model.meta).encode("utf-8"), np.uint8)
+    target[GRAPH_KEY] = np.frombuffer(graph_to_json(model.graph, model.meta).encode("utf-8"), np.uint8)
     with atomic_outputs([path]) as (tmp,):
         _write_npz(tmp, target, compression)
     return [path]
@@ -519,7 +495,11 @@ def load(graph_or_model: Graph | Model | None, path: str | os.PathLike) -> Any:
             if graph_or_model is None:
                 if GRAPH_KEY not in z.files:
                     raise FormatError(f"{path}: no '{GRAPH_KEY}' entry; pass the graph (e.g. from the zoo) to load()")
-                graph, meta = _graph_from_json(npz[GRAPH_KEY].tobytes().decode("utf-8"))
+                graph, meta = read_graph(
+                    npz[GRAPH_KEY].tobytes().decode("utf-8"),
+                    f"{path}: entry '{GRAPH_KEY}'",
+                    "write it again with senet-hub",
+                )
             elif isinstance(graph_or_model, Model):
                 graph, meta = graph_or_model.graph, graph_or_model.meta
             else:

@@ -27,7 +27,8 @@ The clip-rule slice depends on the input's spatial size, so a symbol is built fo
 is free.
 
 ``save(model, prefix)`` writes ``<prefix>-symbol.json`` and ``<prefix>-0000.params`` (keys
-``arg:<name>`` / ``aux:<name>``), loadable with MXNet alone::
+``arg:<name>`` / ``aux:<name>``), loadable with MXNet alone (the input variable's ``__senet_hub__``
+attribute, senet-hub's record for reading the prefix back, is ignored by MXNet)::
 
     net = mx.gluon.SymbolBlock.imports(prefix + "-symbol.json", ["data"], prefix + "-0000.params")
 """
@@ -245,17 +246,25 @@ def _input_norm(c: _Ctx, s: Step, ins: list[Any]) -> Any:
     if perm != list(range(len(perm))):  # no channel gather in mx.sym: split + reordered concat
         parts = c.mx.sym.split(x, num_outputs=len(perm), axis=1, name=f"{s.name}/split")
         x = c.mx.sym.concat(*[parts[p] for p in perm], dim=1, name=f"{s.name}/perm")
-    xs = c.mx.sym.broadcast_mul(x, c.var(s, "scale"), name=f"{s.name}/mul")
-    return c.mx.sym.broadcast_add(xs, c.var(s, "shift"), name=s.name)
+    # the constants' shapes are stated (``__shape__``): broadcast ops cannot infer them, and without
+    # them mx.mod.Module cannot bind the saved symbol from the data shape alone
+    shape = (1, len(perm), 1, 1)
+    scale, shift = (c.mx.sym.Variable(param_name(s.name, s.op, p), shape=shape) for p in ("scale", "shift"))
+    xs = c.mx.sym.broadcast_mul(x, scale, name=f"{s.name}/mul")
+    return c.mx.sym.broadcast_add(xs, shift, name=s.name)
 
 
-def to_symbol(model: Model, input_shape: tuple[int, ...] | None = None) -> tuple[Any, dict[str, Any]]:
-    """(output symbol, {canonical node name: symbol}) for inputs of ``input_shape`` (H, W matter)."""
+def to_symbol(
+    model: Model, input_shape: tuple[int, ...] | None = None, input_attr: dict[str, str] | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """(output symbol, {canonical node name: symbol}) for inputs of ``input_shape`` (H, W matter);
+    ``input_attr``: attributes of the input variable (``__x__`` names, which MXNet keeps in the JSON)."""
     g = model.graph
     steps = plan(g, LOWER)  # a missing lowering fails here, before MXNet is imported
     mx = import_mxnet()
     shapes = infer_shapes(model, tuple(input_shape or g.input_shape))
-    nodes = walk(g, steps, _Ctx(mx, shapes), mx.sym.Variable(g.input_name), taps=True)
+    x = mx.sym.Variable(g.input_name, attr=input_attr)
+    nodes = walk(g, steps, _Ctx(mx, shapes), x, taps=True)
     return nodes[g.output], nodes
 
 
@@ -396,8 +405,29 @@ def _prefix(path: str) -> str:
     return path
 
 
+RECORD_ATTR = "__senet_hub__"  # on the input variable: MXNet keeps attributes named __x__ and no operator reads it
+
+
+def record(model: Model) -> str:
+    """The record save() puts on the symbol's input variable, as JSON text: what
+    converters.pth.metadata_record records plus the graph and meta as builders.chainer's graph JSON
+    (converters.mxnet_params reads it back). The same model gives the same text, so a prefix's bytes
+    stay reproducible."""
+    import json
+
+    from ..converters.pth import metadata_record
+    from ..graph import graph_document
+
+    doc = {**metadata_record(model), "graph": graph_document(model.graph, model.meta)}
+    return json.dumps(doc, sort_keys=True, default=str)
+
+
 def save(model: Model, path: str | os.PathLike, epoch: int = 0, **_: Any) -> list[str]:
-    """Write ``<prefix>-symbol.json`` and ``<prefix>-%04d.params`` atomically; returns both paths."""
+    """Write ``<prefix>-symbol.json`` and ``<prefix>-%04d.params`` atomically; returns both paths.
+
+    The symbol carries senet-hub's record (graph, meta, input convention, class order) as the
+    attribute ``__senet_hub__`` of its input variable, which MXNet keeps and ignores and
+    ``--from mxnet`` reads back exactly (converters.mxnet_params)."""
     from ..atomic import atomic_outputs, check_writable
 
     prefix = _prefix(os.fspath(path))
@@ -405,7 +435,7 @@ def save(model: Model, path: str | os.PathLike, epoch: int = 0, **_: Any) -> lis
     for f in files:
         check_writable(f)
     mx = import_mxnet()
-    sym, _ = to_symbol(model)
+    sym, _ = to_symbol(model, input_attr={RECORD_ATTR: record(model)})
     arg, aux = params(model)
     data = {f"arg:{k}": _nd(mx, v) for k, v in arg.items()}
     data.update({f"aux:{k}": _nd(mx, v) for k, v in aux.items()})

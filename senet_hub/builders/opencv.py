@@ -3,8 +3,9 @@
 OpenCV reads the Caffe files itself, so it also checks senet-hub's own Caffe reader. Its built-in
 Axpy is wrong (it computes a*y + x and fails at batch > 1), so each Axpy layer is rewritten in the
 prototxt text as Reshape(a -> N x C) -> two-bottom Scale(axis 0) -> Eltwise SUM, which is a*x + y
-in layers OpenCV implements correctly. Models that did not come from Caffe files are first
-written to Caffe by senet-hub's writer.
+in layers OpenCV implements correctly, and every floor-mode pool (Caffe's `round_mode: FLOOR`, a
+field OpenCV ignores) gets OpenCV's own `ceil_mode: false` (`patch_for_opencv`). Models that did
+not come from Caffe files are first written to Caffe by senet-hub's writer.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def available() -> str | None:
     return cv2.__version__
 
 
-def patch_axpy(text: str) -> str:
+def patch_for_opencv(text: str) -> str:
     """Rewrite every Axpy layer of a prototxt as Reshape + Scale(axis 0) + Eltwise SUM, and every
     ``round_mode: FLOOR`` pooling as ``ceil_mode: false``.
 
@@ -115,7 +116,7 @@ def build(model: Model) -> OpenCVNet:
         # read like every input (regular file, size cap); it parsed as UTF-8 when the model was
         # loaded, so a bad byte now means it was edited since: parse what is there, never crash
         text = read_bytes(prototxt, "prototxt", MAX_PROTOTXT_BYTES).decode("utf-8", errors="replace")
-        patched = patch_axpy(text)
+        patched = patch_for_opencv(text)
         patched_path = os.path.join(tmp, "patched.prototxt")
         with open(patched_path, "w") as f:
             f.write(patched)

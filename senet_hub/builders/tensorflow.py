@@ -52,7 +52,9 @@ values transposed back to NCHW), or only the graph output.
 ``save(model, path, layout="nhwc")``: ``*.keras`` -> Keras file; any other path -> a SavedModel
 directory whose ``serving_default`` signature takes ``data``: float32 ``[None, H, W, C]`` (or
 ``[None, C, H, W]`` with ``layout="nchw"``) and returns ``{<output node>: output}``. Both are
-written under a temporary name in the target directory and renamed when complete.
+written under a temporary name in the target directory and renamed when complete, with
+senet-hub's record (graph, meta, ``weight_layers``) as the zip member ``senet_hub.json`` or
+``assets.extra/senet_hub.json``, which ``--from tensorflow`` reads back (converters.tensorflow_source).
 
 Why this module is long: Keras has no pooling with 4-sided pads, Caffe's clip rule or its
 divisors, and no NCHW reshape semantics, so several lowerings are a few layers each; they sit
@@ -600,9 +602,32 @@ def _savedmodel(native: keras.Model, model: Model, layout: str, path: str) -> No
     archive.write_out(path, verbose=False)
 
 
+def weight_layers(native: keras.Model) -> dict[str, str]:
+    """Canonical node -> name of the Keras layer holding its weights: the node's own layer, except a
+    conv split into a stride-1 Conv2D + 1 x 1 MaxPooling2D (stride with dilation), whose weights are
+    in the Conv2D feeding that pool. A permuting input stage's Conv2D is listed too (no canonical
+    weights: the reader checks its constants against the graph)."""
+    info = _info(native)
+    producer = {id(layer.output): layer for layer in native.layers}
+    out = {}
+    for n in info.model.graph.nodes:
+        if not n.param_names() and n.op != "input_norm":
+            continue
+        layer = native.get_layer(info.layers[n.name])
+        if n.op == "conv" and not layer.weights:
+            layer = producer[id(layer.input)]
+        if layer.weights:
+            out[n.name] = layer.name
+    return out
+
+
 def save(model: Model | keras.Model, path: str | os.PathLike, layout: str = "nhwc", **_: Any) -> list[str]:
-    """Write ``path``: ``*.keras`` = Keras file, anything else = SavedModel directory (atomically)."""
+    """Write ``path``: ``*.keras`` = Keras file, anything else = SavedModel directory (atomically).
+
+    Both carry senet-hub's record (graph, meta, the layer of each node's weights) so that
+    ``--from tensorflow`` reads them back exactly: converters.tensorflow_source."""
     from ..atomic import atomic_outputs, check_writable
+    from ..converters import tensorflow_source
 
     if layout not in LAYOUTS:
         raise OutputError(f"{path}: unknown TensorFlow layout '{layout}'; use one of {', '.join(LAYOUTS)}")
@@ -612,18 +637,21 @@ def save(model: Model | keras.Model, path: str | os.PathLike, layout: str = "nhw
     check_writable(path)
     native, canon = _as_native(model, layout)
     is_keras = path.lower().endswith(".keras")
+    record = tensorflow_source.record(canon, layout, "keras" if is_keras else "savedmodel", weight_layers(native))
     with atomic_outputs([path]) as (tmp,):
         try:
             if is_keras:
                 inner = tmp + ".keras"  # Keras insists on the suffix
                 try:
                     native.save(inner)
+                    tensorflow_source.add_record(inner, record)  # before the rename: never a file without it
                     os.replace(inner, tmp)
                 finally:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(inner)
             else:
                 _savedmodel(native, canon, layout, tmp)
+                tensorflow_source.add_record(tmp, record)
         except tf.errors.OpError as e:  # TensorFlow's file system errors are not OSErrors
             msg = (e.message or str(e)).strip().splitlines()[0].replace(tmp, path)
             raise OutputError(

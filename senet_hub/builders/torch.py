@@ -32,7 +32,9 @@ node (no op is in place, so each tap is the node's own output).
 byte-identical for the same model: written through an in-memory buffer so the zip's inner
 archive name does not depend on the temporary file name), ``.pt2`` = ``torch.export`` program
 with a dynamic batch dimension (``torch.export.load(p).module()(x)`` needs torch only), ``.pt`` =
-TorchScript (``torch.jit.trace``; fixed spatial size). Files are written atomically.
+TorchScript (``torch.jit.trace``; fixed spatial size). A ``.pt2`` / ``.pt`` also carries senet-hub's
+record and canonical graph as extra files (``extra/senet_hub.json``, ``extra/senet_hub_graph.json``),
+which torch's loaders ignore and ``converters.pytorch_program`` reads back. Files are written atomically.
 """
 
 from __future__ import annotations
@@ -345,6 +347,7 @@ def build(model: Model) -> SENetModule:
     _load_weights(module, model)
     # save() refuses a .pth of a module whose input convention lives in an InputNorm stage
     module.senet_input_convention = model.meta.get("input_convention")  # type: ignore[assignment]
+    module.senet_meta = dict(model.meta)  # type: ignore[assignment]  # save() records it in a .pt2 / .pt
     module.eval()
     return module
 
@@ -400,6 +403,16 @@ def export_program(model: Model | SENetModule, example_batch: int = 2) -> Any:
         return torch.export.export(module, (module.example_input(example_batch),), dynamic_shapes={"x": {0: batch}})
 
 
+def _record_files(model: Model | SENetModule, module: SENetModule) -> dict[str, str]:
+    """senet-hub's record and graph as extra files of a .pt2 / .pt, so that senet-hub reads the file
+    back (converters.pytorch_program); torch.export.load and torch.jit.load ignore them."""
+    from ..converters.pytorch_program import extra_files
+
+    if not isinstance(model, Model):  # a module: its graph, and the meta build() gave it (if any)
+        model = Model(module._senet_graph, {}, dict(getattr(module, "senet_meta", None) or {}))
+    return extra_files(model)
+
+
 def save(model: Model | SENetModule, path: str | os.PathLike, format: str | None = None, **_: Any) -> list[str]:
     """Write ``path`` (``.pth`` state_dict, ``.pt2`` torch.export, ``.pt`` TorchScript) atomically."""
     from ..atomic import atomic_outputs, check_writable
@@ -428,7 +441,7 @@ def save(model: Model | SENetModule, path: str | os.PathLike, format: str | None
             f.write(data)
     elif fmt == "export":
         buf = io.BytesIO()  # a buffer: the archive's inner name does not depend on the temporary name
-        torch.export.save(export_program(module), buf)
+        torch.export.save(export_program(module), buf, extra_files=_record_files(model, module))
         with atomic_outputs([path]) as (tmp,), open(tmp, "wb") as f:
             f.write(buf.getvalue())
     else:
@@ -438,7 +451,7 @@ def save(model: Model | SENetModule, path: str | os.PathLike, format: str | None
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             traced = torch.jit.trace(module, (module.example_input(2),), check_trace=False)
-            torch.jit.save(traced, buf)
+            torch.jit.save(traced, buf, _extra_files=_record_files(model, module))
         with atomic_outputs([path]) as (tmp,), open(tmp, "wb") as f:
             f.write(buf.getvalue())
     return [path]

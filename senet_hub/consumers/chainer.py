@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError, ModelError
+from ..graph import read_graph
 from .core import Job, _first_line, register
 
 
@@ -34,7 +35,7 @@ def _run_chainer(job: Job) -> dict[str, np.ndarray]:
     except Exception as e:
         raise FormatError(f"{job.path}: not an .npz archive ({_first_line(e)})") from None
     if raw is not None:
-        graph, _ = chb._graph_from_json(raw)
+        graph, _ = read_graph(raw, f"{job.path}: entry '{chb.GRAPH_KEY}'", "write it again with senet-hub")
         want, got = job.model.graph, graph
         for i, (a, b) in enumerate(zip(structure(want), structure(got))):
             w, g = want.nodes[i], got.nodes[i]

@@ -1,4 +1,5 @@
-"""OpenCV DNN consumer of a Caffe prefix (.prototxt + .caffemodel), Axpy rewritten in a patched copy."""
+"""OpenCV DNN consumer of a Caffe prefix (.prototxt + .caffemodel), Axpy and floor-mode pools rewritten in a
+patched copy (builders.opencv.patch_for_opencv)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from .core import Job, _first_line, register
 def _run_opencv(job: Job) -> dict[str, np.ndarray]:
     import cv2
 
-    from ..builders.opencv import patch_axpy
+    from ..builders.opencv import patch_for_opencv
     from ..converters import caffe_writer
 
     prototxt, caffemodel = job.files
@@ -32,7 +33,7 @@ def _run_opencv(job: Job) -> dict[str, np.ndarray]:
 
     text = read_bytes(prototxt, "prototxt", MAX_PROTOTXT_BYTES).decode("utf-8", errors="replace")
     try:
-        patched = patch_axpy(text)
+        patched = patch_for_opencv(text)
     except SenetHubError:
         raise
     except Exception as e:
@@ -67,7 +68,7 @@ def _run_opencv(job: Job) -> dict[str, np.ndarray]:
         out[n] = y.reshape(shapes[n]) if y.size == int(np.prod(shapes[n])) else y
     job.notes.append(
         "OpenCV's built-in Axpy computes a*y + x: its Axpy layers were rewritten as Reshape + Scale + "
-        "Eltwise SUM in a patched copy of the prototxt (builders.opencv.patch_axpy), and round_mode: FLOOR pools "
-        "(a field OpenCV ignores) given OpenCV's ceil_mode: false; the caffemodel is read as written"
+        "Eltwise SUM in a patched copy of the prototxt (builders.opencv.patch_for_opencv), and round_mode: FLOOR "
+        "pools (a field OpenCV ignores) given OpenCV's ceil_mode: false; the caffemodel is read as written"
     )
     return out

@@ -274,12 +274,21 @@ def hub_sha256(url: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[str | None, 
     """
     import requests
 
-    try:
-        r = requests.head(url, allow_redirects=False, timeout=timeout, headers={"Accept-Encoding": "identity"})
-    except requests.exceptions.RequestException as e:
-        raise DownloadError(f"{url}: {_reason(e)}") from None
-    if r.status_code >= 400:
-        raise DownloadError(f"{url}: HTTP {r.status_code} {r.reason or ''}".strip())
+    at = url
+    for _hop in range(MAX_CONFIRM_HOPS + 1):
+        try:
+            r = requests.head(at, allow_redirects=False, timeout=timeout, headers={"Accept-Encoding": "identity"})
+        except requests.exceptions.RequestException as e:
+            raise DownloadError(f"{url}: {_reason(e)}") from None
+        if r.status_code >= 400:
+            raise DownloadError(f"{url}: HTTP {r.status_code} {r.reason or ''}".strip())
+        nxt = urllib.parse.urljoin(at, r.headers.get("Location") or "")
+        # a renamed repository answers with a redirect on the Hub itself, without the statement:
+        # follow it there (as huggingface_hub does), never to another host (the CDN states nothing)
+        same_host = urllib.parse.urlsplit(nxt).netloc == urllib.parse.urlsplit(at).netloc
+        if "X-Linked-Etag" in r.headers or not (300 <= r.status_code < 400 and same_host and nxt != at):
+            break
+        at = nxt
     etag = (r.headers.get("X-Linked-Etag") or "").strip().removeprefix("W/").strip('"').lower()
     size = (r.headers.get("X-Linked-Size") or "").strip()
     return (etag if _HEX64.fullmatch(etag) else None, int(size) if size.isdigit() else None)
