@@ -95,6 +95,10 @@ class _Hub(http.server.BaseHTTPRequestHandler):
         self.server.log.append((self.command, path))
         return path, self.server.files.get(path)
 
+    def _cdn(self, path: str) -> str:
+        # the file's bytes live on another host, as the Hub's LFS/Xet CDN does (localhost, not 127.0.0.1)
+        return f"http://localhost:{self.server.server_port}/cdn{path}"
+
     def do_HEAD(self):  # noqa: N802 - the Hub answers with the redirect and its statement of the file
         path, body = self._route()
         if path in self.server.moved:  # a renamed repository: a redirect on the Hub, no statement
@@ -107,7 +111,7 @@ class _Hub(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         self.send_response(302)
-        self.send_header("Location", "/cdn" + path)
+        self.send_header("Location", self._cdn(path))
         if path not in self.server.silent:
             sha = self.server.etag.get(path) or hashlib.sha256(body).hexdigest()
             self.send_header("X-Linked-Etag", f'"{sha}"')
@@ -121,7 +125,7 @@ class _Hub(http.server.BaseHTTPRequestHandler):
             body = self.server.files.get(path[4:])
         elif body is not None and path.startswith("/timm/"):
             self.send_response(302)
-            self.send_header("Location", "/cdn" + path)
+            self.send_header("Location", self._cdn(path))
             self.send_header("Content-Length", "0")
             self.end_headers()
             return

@@ -16,10 +16,14 @@ tiered stem (seresnext26t_32x4d); the anti-aliased blocks (seresnextaa101d_32x8d
 AvgPool2d(2) after act2 in strided blocks and as the stem pool); the gluon SENet-154 layout
 (senet154, 115M: deep stem, 3x3 stride-2 projection shortcuts, reduce_first 2). The plain ResNet
 layout (seresnet50: 7x7 stem, 1x1 stride-2 projection shortcuts) adds no stem, block or shortcut
-the nets above lack, so it is not run again (CI time); test_timm_zoo.py matches it with timm node
-by node. Each architecture's timm net, files and read models are made once and shared by its
-targets (the consumers then reuse one float64 reference). timm is installed ``--no-deps`` and
-imported with the test-only torchvision stub (tests/stubs, put on sys.path by tests/conftest.py).
+the nets above lack, so it does not go through all 11 (CI time). Every other architecture of the timm family (BREADTH: seresnet50, the ResNeXt widths,
+seresnet152d, seresnext101d, seresnextaa201d, legacy_seresnet34, legacy_seresnext26_32x4d) goes
+through timm's own class (from the .safetensors) and onnxruntime. The Caffe release's legacy_*
+architectures are proven in timm by test_timm_cadene.py (the .pth strict in timm's and Cadene's
+classes) and test_timm_zoo.py (node by node), not here: their Caffe graphs pool with a fixed 7x7
+window, equal to timm's global pool only at 224. Each architecture's timm net, files and read
+models are made once and shared by its targets (the consumers then reuse one float64 reference).
+timm is installed ``--no-deps`` and imported with the test-only torchvision stub (tests/stubs, put on sys.path by tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -59,14 +63,27 @@ TARGETS = {
     "caffe": ("caffe", "opencv", "cv2"),
     "timmdir": ("timm", "timm-local-dir", "timm"),
 }
-# anti-aliasing has no parameters: this state_dict is exactly seresnext101d_32x8d's, so its users
-# name the architecture (--arch), as the reader's refusal asks
-NAMED = {"timm/seresnextaa101d_32x8d": "timm/seresnext101d_32x8d"}
+# anti-aliasing has no parameters: these two state_dicts are exactly alike, so their users name the
+# architecture (--arch), as the reader's refusal (naming the other) asks
+NAMED = {
+    "timm/seresnextaa101d_32x8d": "timm/seresnext101d_32x8d",
+    "timm/seresnext101d_32x8d": "timm/seresnextaa101d_32x8d",
+}
+
+# every other timm architecture repeats the stems and blocks above at other depths and widths: each
+# goes through its users' two main loaders (timm's own class from a .safetensors, onnxruntime), so
+# every architecture the zoo describes is proven against timm in a written file (slow: ~10-30 s each)
+BREADTH = [a for a in zoo.list_archs("timm") if a not in FAST + SLOW]
+BREADTH_TARGETS = ("safetensors", "onnx")
 
 CASES = [
     pytest.param(arch, kind, id=f"{arch}-{kind}", marks=[pytest.mark.slow] if arch in SLOW else [])
     for arch in FAST + SLOW
     for kind in TARGETS
+] + [
+    pytest.param(arch, kind, id=f"{arch}-{kind}", marks=[pytest.mark.slow])
+    for arch in BREADTH
+    for kind in BREADTH_TARGETS
 ]
 
 
