@@ -27,7 +27,7 @@ demo: venv
 test: venv lint
 	$(VENV)/bin/pytest -q
 
-# under 5 minutes on a 2-core machine: deselects tests marked slow in their file or listed, with
+# about 6 minutes on a 2-core machine (5.8 measured): deselects tests marked slow in their file or listed, with
 # their measured time, in tests/slow_tests.txt (tests/conftest.py applies the list)
 test-fast: venv
 	$(VENV)/bin/pytest -q -m "not slow"
