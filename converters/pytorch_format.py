@@ -199,12 +199,7 @@ class TorchArchive:
     """A torch.save zip archive opened for reading: the unpickled object, storages read on demand."""
 
     def __init__(self, f: io.BufferedReader, size: int, path: str):
-        self.path, self.size = path, size
-        try:
-            self.zf = zipfile.ZipFile(f)
-            names = self.zf.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
-            raise FormatError(f"{path}: not a readable torch.save archive ({e}); truncated or corrupt?") from None
+        names = self._open_zip(f, size, path, "torch.save archive", "truncated or corrupt?")
         pkls = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
         if len(pkls) != 1:
             what = "no data.pkl" if not pkls else f"{len(pkls)} data.pkl records"
@@ -227,6 +222,15 @@ class TorchArchive:
         if order not in (b"little", b"big"):
             raise FormatError(f"{path}: unknown byteorder record {order[:16]!r}")
         self.big_endian = order == b"big"
+
+    def _open_zip(self, f: io.BufferedReader, size: int, path: str, what: str, fix: str) -> list[str]:
+        """Open the zip (kept as self.zf) and list its records; a damaged one is one FormatError line."""
+        self.path, self.size = path, size
+        try:
+            self.zf = zipfile.ZipFile(f)
+            return self.zf.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
+            raise FormatError(f"{path}: not a readable {what} ({e}); {fix}") from None
 
     def close(self) -> None:
         self.zf.close()

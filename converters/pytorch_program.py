@@ -135,14 +135,7 @@ class _Archive(TorchArchive):
     the program layout in place of torch.save's (which TorchArchive refuses by design)."""
 
     def __init__(self, f: io.BufferedReader, size: int, path: str):
-        self.path, self.size = path, size
-        try:
-            self.zf = zipfile.ZipFile(f)
-            names = self.zf.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
-            raise FormatError(
-                f"{path}: not a readable .pt2 / TorchScript archive ({e}); truncated or corrupt? write it again"
-            ) from None
+        names = self._open_zip(f, size, path, ".pt2 / TorchScript archive", "truncated or corrupt? write it again")
         found = _layout(names)
         if found is None:
             raise FormatError(f"{path}: a zip file, but neither a torch.export .pt2 nor a TorchScript archive")

@@ -99,35 +99,32 @@ class _Hub(http.server.BaseHTTPRequestHandler):
         # the file's bytes live on another host, as the Hub's LFS/Xet CDN does (localhost, not 127.0.0.1)
         return f"http://localhost:{self.server.server_port}/cdn{path}"
 
+    def _redirect(self, code: int, location: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Location", location)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def do_HEAD(self):  # noqa: N802 - the Hub answers with the redirect and its statement of the file
         path, body = self._route()
         if path in self.server.moved:  # a renamed repository: a redirect on the Hub, no statement
-            self.send_response(307)
-            self.send_header("Location", self.server.moved[path])
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        if body is None:
+            self._redirect(307, self.server.moved[path])
+        elif body is None:
             self.send_error(404)
-            return
-        self.send_response(302)
-        self.send_header("Location", self._cdn(path))
-        if path not in self.server.silent:
+        elif path in self.server.silent:
+            self._redirect(302, self._cdn(path))
+        else:
             sha = self.server.etag.get(path) or hashlib.sha256(body).hexdigest()
-            self.send_header("X-Linked-Etag", f'"{sha}"')
-            self.send_header("X-Linked-Size", str(len(body)))
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+            self._redirect(302, self._cdn(path), {"X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(body))})
 
     def do_GET(self):  # noqa: N802
         path, body = self._route()
         if path.startswith("/cdn/"):
             body = self.server.files.get(path[4:])
         elif body is not None and path.startswith("/timm/"):
-            self.send_response(302)
-            self.send_header("Location", self._cdn(path))
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self._redirect(302, self._cdn(path))
             return
         if body is None:
             self.send_error(404)

@@ -11,6 +11,7 @@ the network. ``model_from_cache`` reads a cached model with the reader its manif
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import sys
@@ -135,10 +136,8 @@ def _fetch_one(
         if log:
             log(f"downloading {mid} {role}{size} from {url}")
 
-        stated: list[str | None] = [None]  # filled in the try below: asking the server can fail like a download
-
-        def check(digest: str, url: str = url, stated: list[str | None] = stated) -> None:
-            full = (spec.get("sha256") or stated[0] or "").lower()
+        def check(digest: str, url: str, stated: str | None) -> None:
+            full = (spec.get("sha256") or stated or "").lower()
             prefix = (spec.get("sha256_prefix") or "").lower()
             if full and digest != full:
                 whose = "" if spec.get("sha256") else " (the sha256 the server states for it)"
@@ -153,10 +152,12 @@ def _fetch_one(
                 )
 
         try:
-            stated[0] = _stated_sha256(spec, url, timeout, log)
-            if stated[0] is None and spec.get("sha256_from"):
+            stated = _stated_sha256(spec, url, timeout, log)  # asking the server can fail like a download
+            if stated is None and spec.get("sha256_from"):
                 raise _NoStatement()
-            digest = download_to(url, dest, check=check, progress=progress, timeout=timeout)
+            digest = download_to(
+                url, dest, check=functools.partial(check, url=url, stated=stated), progress=progress, timeout=timeout
+            )
         except _NoStatement:
             failures.append(f"{url}: states no sha256 for the file (no X-Linked-Etag)")
             continue
